@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -51,7 +52,7 @@ class _LocalCorpus(tfds.core.GeneratorBasedBuilder):
     """Shared logic; subclasses set the name, version and description."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    RELEASE_NOTES: ClassVar[dict] = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Run `python -m data.fetch_corpora --out RAW_DIR --corpus {corpus}` and pass "
         "`RAW_DIR/{corpus}` as manual_dir (or use `python -m data.build`)."

@@ -115,6 +115,7 @@ def fetch_deb(pkg: DebPackage, cache: str, mirror: str) -> str:
             os.chmod(tmp, 0o777)  # apt's _apt sandbox user must be able to write here
             r = subprocess.run(
                 ["apt-get", "download", pkg.name],
+                check=False,
                 cwd=tmp,
                 capture_output=True,
                 text=True,
@@ -186,7 +187,7 @@ def fetch_sdist(pkg: PypiSdist, cache: str) -> str:
             ":all:",
         ]
         cmd += ["-q", "-d", tmp, f"{pkg.name}=={pkg.version}"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True)
         files = glob.glob(os.path.join(tmp, "*.tar.gz"))
         if r.returncode != 0 or not files:
             tail = r.stderr.strip().splitlines()[-1:] or ["no sdist"]

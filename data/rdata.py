@@ -112,10 +112,7 @@ class _Reader:
             n = self._length()
             value = list(struct.unpack_from(f">{n}d", self.buf, self.pos))
             self.pos += 8 * n
-        elif rtype == _STRSXP:
-            n = self._length()
-            value = [self.read_item() for _ in range(n)]
-        elif rtype in (_VECSXP, _EXPRSXP):
+        elif rtype == _STRSXP or rtype in (_VECSXP, _EXPRSXP):
             n = self._length()
             value = [self.read_item() for _ in range(n)]
         else:

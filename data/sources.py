@@ -15,7 +15,7 @@ import os
 import platform
 import re
 import sysconfig
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from data.rdata import read_lazyload_db
 

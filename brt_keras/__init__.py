@@ -1,0 +1,1 @@
+"""brt_keras: the Block-Recurrent Transformer in Keras 3."""

@@ -1,0 +1,19 @@
+"""BRT layers: attention, the recurrent cell and the layers built on them."""
+
+from brt_keras.layers.block_recurrent_cell import BlockRecurrentCell
+from brt_keras.layers.block_recurrent_layer import BlockRecurrentLayer
+from brt_keras.layers.block_rnn import BlockRNN
+from brt_keras.layers.recurrent_gate import RecurrentGate
+from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
+from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
+from brt_keras.layers.t5_relative_position_bias import T5RelativePositionBias
+
+__all__ = [
+    "BlockRNN",
+    "BlockRecurrentCell",
+    "BlockRecurrentLayer",
+    "RecurrentGate",
+    "SlidingWindowAttention",
+    "SlidingWindowLayer",
+    "T5RelativePositionBias",
+]

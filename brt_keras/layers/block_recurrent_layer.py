@@ -1,0 +1,203 @@
+"""A `BlockRecurrentCell` run over the blocks of a segment."""
+
+import keras
+from keras import ops
+
+from brt_keras.layers.block_recurrent_cell import BlockRecurrentCell
+from brt_keras.layers.block_rnn import BlockRNN
+from brt_keras.layers.sliding_window_layer import reset_where
+
+
+@keras.saving.register_keras_serializable(package="brt_keras")
+class BlockRecurrentLayer(keras.layers.Layer):
+    """The recurrent layer of the stack: `BlockRNN(BlockRecurrentCell)`.
+
+    Takes and returns whole segments `[B, N*W, d]`; the state is a dict
+    `{"recurrent_state": [B, S, d], "keys", "values": [B, W, H, Dh]}` carried
+    between segments. Gradients cross the N blocks inside a segment; the
+    caller stops them at segment boundaries.
+
+    Args:
+        Same as `BlockRecurrentCell`, plus
+        unroll: bool, unroll the block loop (the reference's default; needed
+            for dropout under JAX). False runs a `while_loop`/`scan`.
+
+    Example:
+    >>> layer = BlockRecurrentLayer(64, 4, 16, 128, block_size=8, num_states=8)
+    >>> x = keras.random.normal((2, 32, 64))
+    >>> y, state = layer.call_with_state(x, layer.get_initial_state(2))
+    >>> state["recurrent_state"].shape
+    (2, 8, 64)
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        head_dim,
+        intermediate_dim,
+        block_size,
+        num_states,
+        gate_type="fixed",
+        gate_variant="skip",
+        dropout=0.0,
+        attention_dropout=0.0,
+        unroll=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.intermediate_dim = intermediate_dim
+        self.block_size = block_size
+        self.num_states = num_states
+        self.gate_type = gate_type
+        self.gate_variant = gate_variant
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.unroll = unroll
+        mixed = self.dtype_policy.compute_dtype != "float32"
+        # The cell (hence the RNN's state casts) runs in float32 so the state
+        # is carried in float32 under a mixed policy; its token side does not.
+        self.cell = BlockRecurrentCell(
+            hidden_dim,
+            num_heads,
+            head_dim,
+            intermediate_dim,
+            block_size,
+            num_states,
+            gate_type=gate_type,
+            gate_variant=gate_variant,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            token_dtype=self.dtype_policy.name if mixed else None,
+            dtype="float32",
+            name="cell",
+        )
+        self.rnn = BlockRNN(
+            self.cell,
+            return_sequences=True,
+            return_state=True,
+            unroll=unroll,
+            dtype=self.dtype_policy,
+            name="rnn",
+        )
+
+    def build(self, input_shape):
+        self.cell.build((input_shape[0], self.block_size, self.hidden_dim))
+        self.built = True
+
+    def get_initial_state(self, batch_size):
+        state, keys, values = self.cell.get_initial_state(batch_size)
+        return {"recurrent_state": state, "keys": keys, "values": values}
+
+    def state_kv(self, state):
+        """Keys/values of `state["recurrent_state"]` for cross-attention."""
+        return self.cell.state_kv(state["recurrent_state"])
+
+    def reset(self, state, start_of_sequence):
+        """Per-slot reset to the learned initial state and zero caches."""
+        if start_of_sequence is None:
+            return state
+        batch = ops.shape(state["keys"])[0]
+        fresh = self.get_initial_state(batch)
+        return {
+            name: reset_where(start_of_sequence, fresh[name], value)
+            for name, value in state.items()
+        }
+
+    def call_with_state(
+        self,
+        x,
+        state,
+        start_of_sequence=None,
+        training=None,
+        return_all_states=False,
+    ):
+        """Runs a segment; returns `(y, new_state)`.
+
+        With `return_all_states`, `new_state["all_recurrent_states"]` holds the
+        state after every block, `[B, N, S, d]`.
+        """
+        length = x.shape[1]
+        if length is not None and length % self.block_size:
+            raise ValueError(
+                f"{self.name}: sequence length {length} is not a multiple of "
+                f"block_size={self.block_size}. Pad the input to a multiple of "
+                f"{self.block_size} or choose a segment length that is one."
+            )
+        state = self.reset(state, start_of_sequence)
+        b, length, d = ops.shape(x)
+        n = length // self.block_size
+        blocks = ops.reshape(x, (b, n, self.block_size, d))
+        initial = [state["recurrent_state"], state["keys"], state["values"]]
+        if return_all_states:
+            outputs, all_states = [], []
+            for t in range(n):
+                y_t, *initial = self.cell(blocks[:, t], initial, training=training)
+                outputs.append(y_t)
+                all_states.append(initial[0])
+            y = ops.stack(outputs, axis=1)
+        else:
+            y, *initial = self.rnn(blocks, initial_state=initial, training=training)
+        new_state = {
+            "recurrent_state": initial[0],
+            "keys": initial[1],
+            "values": initial[2],
+        }
+        if return_all_states:
+            new_state["all_recurrent_states"] = ops.stack(all_states, axis=1)
+        return ops.reshape(y, (b, length, d)), new_state
+
+    def call(self, x, training=None):
+        y, _ = self.call_with_state(
+            x, self.get_initial_state(ops.shape(x)[0]), training=training
+        )
+        return y
+
+    def decode_step(self, x, cache, index):
+        """One token through the token side, reading the cached state
+        keys/values; `end_block` later updates the state."""
+        return self.cell.token_layer.decode_step(
+            x, cache, index, state_kv=(cache["state_keys"], cache["state_values"])
+        )
+
+    def end_block(self, cache):
+        """After the W-th token of a block: update the state from the full
+        block and roll the key/value buffers."""
+        block_keys = ops.concatenate([cache["previous_keys"], cache["keys"]], 1)
+        block_values = ops.concatenate(
+            [cache["previous_values"], cache["values"]], 1
+        )
+        state = self.cell.update_state(
+            cache["recurrent_state"], block_keys, block_values
+        )
+        rk, rv = self.cell.state_kv(state)
+        return dict(
+            cache,
+            recurrent_state=state,
+            state_keys=rk,
+            state_values=rv,
+            previous_keys=cache["keys"],
+            previous_values=cache["values"],
+            keys=ops.zeros_like(cache["keys"]),
+            values=ops.zeros_like(cache["values"]),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_dim=self.hidden_dim,
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            intermediate_dim=self.intermediate_dim,
+            block_size=self.block_size,
+            num_states=self.num_states,
+            gate_type=self.gate_type,
+            gate_variant=self.gate_variant,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            unroll=self.unroll,
+        )
+        return config

@@ -1,0 +1,134 @@
+"""Causal sliding-window attention over blocks, with T5 bias."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from brt_keras.layers.attention_ops import attend
+from brt_keras.layers.t5_relative_position_bias import T5RelativePositionBias
+
+
+def sliding_window_mask(block_size):
+    """Boolean `[W, 2W]` tile: query i sees keys j with -W <= j-(i+W) <= -1.
+
+    The queries line up with the last W keys. The diagonal is excluded: a
+    token sees exactly the W tokens before it and never itself.
+    """
+    rel = np.arange(2 * block_size)[None, :] - (
+        np.arange(block_size)[:, None] + block_size
+    )
+    return (rel >= -block_size) & (rel <= -1)
+
+
+@keras.saving.register_keras_serializable(package="brt_keras")
+class SlidingWindowAttention(keras.layers.Layer):
+    """Each token attends to exactly the `block_size` tokens before it.
+
+    A segment of `N * W` tokens is cut into N blocks; block t's queries see
+    the keys of blocks t-1 and t through one `[W, 2W]` tile, so all blocks are
+    computed at once (no loop). Block 0 reads the previous segment's last
+    block from a cache (zeros at a document start, not masked, as the
+    reference does).
+
+    Owns the layer's T5 bias table and the per-head temperature (init 1).
+
+    Args:
+        num_heads: int.
+        block_size: int, W.
+        attention_dropout: float, dropout on the attention probabilities; one
+            mask `[H, W, 2W]` per call, shared over batch and blocks.
+
+    Call arguments:
+        queries, keys, values: `[B, N*W, H, Dh]` (queries/keys normalised).
+        previous_keys, previous_values: `[B, W, H, Dh]`.
+
+    Returns:
+        `[B, N*W, H, Dh]`.
+    """
+
+    def __init__(self, num_heads, block_size, attention_dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.block_size = block_size
+        self.attention_dropout = attention_dropout
+        self.relative_bias = T5RelativePositionBias(
+            num_heads, dtype=self.dtype_policy, name="relative_positions"
+        )
+        self.temperature = self.add_weight(
+            name="attention_scale", shape=(num_heads,), initializer="ones"
+        )
+        self.dropout = keras.layers.Dropout(
+            attention_dropout,
+            noise_shape=(1, 1, num_heads, block_size, 2 * block_size),
+            dtype=self.dtype_policy,
+        )
+        self.built = True
+
+    def _tile(self):
+        w = self.block_size
+        bias = self.relative_bias.tile(w, 2 * w)
+        return bias, ops.convert_to_tensor(sliding_window_mask(w))
+
+    def call(
+        self, queries, keys, values, previous_keys, previous_values, training=None
+    ):
+        b, length, h, dh = ops.shape(queries)
+        w = self.block_size
+        n = length // w
+
+        def blocks(x):
+            return ops.reshape(x, (b, n, w, h, dh))
+
+        # Every block t reads the keys of block t-1 (the cache for t = 0),
+        # then its own: one [W, 2W] tile per block, all blocks at once.
+        k2 = ops.concatenate(
+            [ops.concatenate([previous_keys[:, None], blocks(keys)[:, :-1]], 1),
+             blocks(keys)],
+            axis=2,
+        )
+        v2 = ops.concatenate(
+            [ops.concatenate([previous_values[:, None], blocks(values)[:, :-1]], 1),
+             blocks(values)],
+            axis=2,
+        )
+        bias, mask = self._tile()
+        out = attend(
+            blocks(queries),
+            k2,
+            v2,
+            self.temperature,
+            bias=bias,
+            mask=mask,
+            dropout=self.dropout if self.attention_dropout else None,
+            training=training,
+        )
+        return ops.reshape(out, (b, length, h, dh))
+
+    def attend_row(self, query, keys, values, index):
+        """One decoding step.
+
+        Args:
+            query: `[B, 1, H, Dh]`, the token at position `index` (int or
+                scalar tensor) of the current block.
+            keys, values: `[B, 2W, H, Dh]`: the previous block, then the
+                current block's buffer (slots after `index` are masked).
+        """
+        bias, mask = self._tile()
+        row = ops.reshape(ops.convert_to_tensor(index, "int32"), (1,))
+        return attend(
+            query,
+            keys,
+            values,
+            self.temperature,
+            bias=ops.take(bias, row, axis=1),
+            mask=ops.take(mask, row, axis=0),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            block_size=self.block_size,
+            attention_dropout=self.attention_dropout,
+        )
+        return config

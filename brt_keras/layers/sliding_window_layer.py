@@ -1,0 +1,272 @@
+"""The ordinary pre-norm sliding-window transformer layer."""
+
+import keras
+from keras import ops
+
+from brt_keras.layers.attention_ops import attend
+from brt_keras.layers.attention_ops import l2_normalize
+from brt_keras.layers.attention_ops import merge_heads
+from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
+
+
+def dense_initializer(scale=1.0):
+    """variance_scaling(scale, fan_in, truncated_normal), as the reference."""
+    return keras.initializers.VarianceScaling(scale, "fan_in", "truncated_normal")
+
+
+def reset_where(start_of_sequence, fresh, carried):
+    """Per-slot select: `fresh` where `start_of_sequence[b]`, else `carried`."""
+    if start_of_sequence is None:
+        return carried
+    sos = ops.convert_to_tensor(start_of_sequence, "bool")
+    sos = ops.reshape(sos, (-1,) + (1,) * (len(carried.shape) - 1))
+    return ops.where(sos, ops.cast(fresh, carried.dtype), carried)
+
+
+@keras.saving.register_keras_serializable(package="brt_keras")
+class SlidingWindowLayer(keras.layers.Layer):
+    """Pre-norm transformer layer with causal sliding-window attention.
+
+    `y = h + FFN(RMSNorm(h))`, `h = x + Dense([SWA(x) ; CA(x)])`, where SWA is
+    `SlidingWindowAttention` over blocks of `block_size` tokens and CA, only
+    with `cross_attention=True` (the feedback variant), attends from a second
+    query projection to externally supplied state keys/values. No biases
+    anywhere; q/k L2-normalised with learned temperatures.
+
+    The layer state is a dict `{"keys", "values"}` of `[B, W, H, Dh]`: the
+    projected keys (normalised) and values of the previous segment's last
+    block, zeros at a document start.
+
+    Args:
+        hidden_dim: int, d.
+        num_heads: int, H.
+        head_dim: int, Dh.
+        intermediate_dim: int, F, FFN width.
+        block_size: int, W.
+        cross_attention: bool, add the cross-attention to a recurrent state.
+        dropout: float, dropout before attention and after the FFN.
+        attention_dropout: float, dropout on attention probabilities.
+
+    Example:
+    >>> layer = SlidingWindowLayer(64, 4, 16, 128, block_size=8)
+    >>> x = keras.random.normal((2, 32, 64))
+    >>> y, state = layer.call_with_state(x, layer.get_initial_state(2))
+    >>> y.shape, state["keys"].shape
+    ((2, 32, 64), (2, 8, 4, 16))
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        head_dim,
+        intermediate_dim,
+        block_size,
+        cross_attention=False,
+        dropout=0.0,
+        attention_dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.intermediate_dim = intermediate_dim
+        self.block_size = block_size
+        self.cross_attention = cross_attention
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+
+        def dense(units, name, activation=None):
+            return keras.layers.Dense(
+                units,
+                activation=activation,
+                use_bias=False,
+                kernel_initializer=dense_initializer(),
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        def norm(name):
+            return keras.layers.RMSNormalization(
+                epsilon=1e-6, dtype=self.dtype_policy, name=name
+            )
+
+        width = num_heads * head_dim
+        self.pre_attn_norm = norm("pre_attn_layernorm")
+        self.query_dense = dense(width, "queries_layer")
+        self.key_dense = dense(width, "keys_layer")
+        self.value_dense = dense(width, "values_layer")
+        self.self_attention = SlidingWindowAttention(
+            num_heads,
+            block_size,
+            attention_dropout,
+            dtype=self.dtype_policy,
+            name="self_attention",
+        )
+        if cross_attention:
+            self.query2_dense = dense(width, "queries2_layer")
+            self.temperature2 = self.add_weight(
+                name="attention_scale2", shape=(num_heads,), initializer="ones"
+            )
+        self.output_dense = dense(hidden_dim, "output_layer")
+        self.ffn_norm = norm("pre_ffn_layernorm")
+        self.ffn_hidden = dense(intermediate_dim, "ffn_hidden0", "relu")
+        self.ffn_output = dense(hidden_dim, "ffn_output_layer")
+        self.pre_attn_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.ffn_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        width = self.num_heads * self.head_dim
+        shape = tuple(input_shape[:-1]) + (self.hidden_dim,)
+        self.pre_attn_norm.build(shape)
+        for layer in self._query_key_value_layers():
+            layer.build(shape)
+        cat = (2 if self.cross_attention else 1) * width
+        self.output_dense.build(tuple(input_shape[:-1]) + (cat,))
+        self.ffn_norm.build(shape)
+        self.ffn_hidden.build(shape)
+        self.ffn_output.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
+        self.built = True
+
+    def _query_key_value_layers(self):
+        layers = [self.query_dense, self.key_dense, self.value_dense]
+        return layers + ([self.query2_dense] if self.cross_attention else [])
+
+    # --- pieces shared with BlockRecurrentCell and decoding -----------------
+
+    def _heads(self, x):
+        shape = ops.shape(x)
+        return ops.reshape(x, tuple(shape[:-1]) + (self.num_heads, self.head_dim))
+
+    def project(self, x, training=None):
+        """Returns normalised queries, keys, values (and queries2 or None),
+        each `[B, T, H, Dh]`."""
+        u = self.pre_attn_dropout(self.pre_attn_norm(x), training=training)
+        q = l2_normalize(self._heads(self.query_dense(u)))
+        k = l2_normalize(self._heads(self.key_dense(u)))
+        v = self._heads(self.value_dense(u))
+        q2 = None
+        if self.cross_attention:
+            q2 = l2_normalize(self._heads(self.query2_dense(u)))
+        return q, k, v, q2
+
+    def cross_attend(self, queries2, state_kv):
+        """Tokens -> recurrent state attention (no mask, no bias)."""
+        state_keys, state_values = state_kv
+        return attend(
+            queries2,
+            ops.cast(state_keys, queries2.dtype),
+            ops.cast(state_values, queries2.dtype),
+            self.temperature2,
+        )
+
+    def finish(self, x, self_out, cross_out=None, training=None):
+        """Head concat, output projection, residual, FFN, residual."""
+        heads = merge_heads(self_out)
+        if cross_out is not None:
+            heads = ops.concatenate([heads, merge_heads(cross_out)], axis=-1)
+        h = x + self.output_dense(heads)
+        z = self.ffn_output(self.ffn_hidden(self.ffn_norm(h)))
+        return h + self.ffn_dropout(z, training=training)
+
+    # --- public API ---------------------------------------------------------
+
+    def get_initial_state(self, batch_size):
+        shape = (batch_size, self.block_size, self.num_heads, self.head_dim)
+        return {"keys": ops.zeros(shape), "values": ops.zeros(shape)}
+
+    def _check_length(self, x):
+        length = x.shape[1]
+        if length is not None and length % self.block_size:
+            raise ValueError(
+                f"{self.name}: sequence length {length} is not a multiple of "
+                f"block_size={self.block_size}. Pad the input to a multiple of "
+                f"{self.block_size} (pad id 0 is masked in the loss) or choose "
+                "a segment length that is one."
+            )
+
+    def call_with_state(
+        self, x, state, start_of_sequence=None, state_kv=None, training=None
+    ):
+        """Runs a segment `[B, N*W, d]` from a carried state.
+
+        Args:
+            x: `[B, N*W, d]` hidden activations.
+            state: dict `{"keys", "values"}`, each `[B, W, H, Dh]`.
+            start_of_sequence: optional bool `[B]`; slots where True start
+                from a zero cache.
+            state_kv: `(keys, values)` `[B, S, H, Dh]` of a recurrent state,
+                required iff `cross_attention`.
+
+        Returns:
+            `(y [B, N*W, d], new_state)`.
+        """
+        self._check_length(x)
+        if self.cross_attention != (state_kv is not None):
+            raise ValueError(
+                f"{self.name}: cross_attention={self.cross_attention} needs "
+                "state_kv " + ("" if self.cross_attention else "not ") + "given."
+            )
+        prev_k = reset_where(start_of_sequence, 0.0, state["keys"])
+        prev_v = reset_where(start_of_sequence, 0.0, state["values"])
+        q, k, v, q2 = self.project(x, training=training)
+        self_out = self.self_attention(
+            q,
+            k,
+            v,
+            ops.cast(prev_k, k.dtype),
+            ops.cast(prev_v, v.dtype),
+            training=training,
+        )
+        cross_out = self.cross_attend(q2, state_kv) if state_kv is not None else None
+        y = self.finish(x, self_out, cross_out, training=training)
+        w = self.block_size
+        new_state = {
+            "keys": ops.cast(k[:, -w:], "float32"),
+            "values": ops.cast(v[:, -w:], "float32"),
+        }
+        return y, new_state
+
+    def call(self, x, training=None):
+        batch = ops.shape(x)[0]
+        y, _ = self.call_with_state(
+            x, self.get_initial_state(batch), training=training
+        )
+        return y
+
+    def decode_step(self, x, cache, index, state_kv=None):
+        """Processes one token `x [B, 1, d]` at position `index` of its block.
+
+        `cache` holds `previous_keys/previous_values` (the last complete
+        block) and `keys/values` (the current block's buffer), all
+        `[B, W, H, Dh]`. Returns `(y [B, 1, d], new_cache)`; the cost does not
+        depend on how many tokens came before.
+        """
+        q, k, v, q2 = self.project(x)
+        slot = ops.reshape(
+            ops.arange(self.block_size) == ops.convert_to_tensor(index, "int32"),
+            (1, self.block_size, 1, 1),
+        )
+        keys = ops.where(slot, ops.cast(k, "float32"), cache["keys"])
+        values = ops.where(slot, ops.cast(v, "float32"), cache["values"])
+        k2 = ops.cast(ops.concatenate([cache["previous_keys"], keys], 1), k.dtype)
+        v2 = ops.cast(ops.concatenate([cache["previous_values"], values], 1), v.dtype)
+        self_out = self.self_attention.attend_row(q, k2, v2, index)
+        cross_out = self.cross_attend(q2, state_kv) if state_kv is not None else None
+        y = self.finish(x, self_out, cross_out)
+        return y, dict(cache, keys=keys, values=values)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_dim=self.hidden_dim,
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            intermediate_dim=self.intermediate_dim,
+            block_size=self.block_size,
+            cross_attention=self.cross_attention,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+        )
+        return config
