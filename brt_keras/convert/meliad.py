@@ -210,3 +210,78 @@ def state_to_meliad(state, prefix="state/"):
     for name, s in state.items():
         out.update(one(f"{prefix}transformer{name[len('layer_'):]}/", s))
     return out
+
+
+def _flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        key = key.decode() if isinstance(key, bytes) else str(key)
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _read_checkpoint(directory):
+    """Flat params from the newest `checkpoint_<step>` file (Flax msgpack)
+    in a meliad model directory."""
+    import glob
+    import os
+    import re
+
+    files = [
+        f for f in glob.glob(os.path.join(directory, "checkpoint_*"))
+        if re.search(r"checkpoint_\d+$", f)
+    ]
+    if not files:
+        raise ValueError(
+            f"No meliad checkpoint_<step> file in {directory!r}; pass the "
+            "directory meliad wrote (its --workdir) or a flat params dict."
+        )
+    newest = max(files, key=lambda f: int(f.rsplit("_", 1)[1]))
+    with open(newest, "rb") as f:
+        raw = f.read()
+    try:
+        from flax import serialization
+
+        tree = serialization.msgpack_restore(raw)
+    except ImportError:
+        try:
+            import msgpack
+        except ImportError as e:
+            raise ImportError(
+                "Reading a meliad checkpoint needs `flax` or `msgpack`: "
+                "pip install msgpack"
+            ) from e
+
+        def ext_hook(code, data):
+            if code == 1:  # Flax's ndarray encoding: (shape, dtype, buffer)
+                shape, dtype, buffer = msgpack.unpackb(data)
+                return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+            return msgpack.ExtType(code, data)
+
+        tree = msgpack.unpackb(raw, ext_hook=ext_hook, raw=False)
+    flat = _flatten(tree)
+    roots = [k[: -len("embed/embedding")] for k in flat if k.endswith("embed/embedding")]
+    if len(roots) != 1:
+        raise ValueError(f"{newest}: cannot find a single embed/embedding table.")
+    root = roots[0]
+    return {
+        "params/" + k[len(root):]: v for k, v in flat.items() if k.startswith(root)
+    }
+
+
+def load_meliad_model(cls, params, segment_length=None, **config):
+    """Builds `cls` (a BlockRecurrentCausalLM) from meliad DecoderStack
+    params (flat dict or checkpoint directory) and backbone config keys."""
+    from brt_keras.models.block_recurrent_backbone import BlockRecurrentBackbone
+
+    if isinstance(params, str):
+        params = _read_checkpoint(params)
+    config = dict(config)
+    if config.get("gate_type") == "bias":
+        config["gate_type"] = "fixed"
+    backbone = BlockRecurrentBackbone(**config)
+    assign_params(backbone_paths(backbone), params)
+    return cls(backbone, segment_length=segment_length)
