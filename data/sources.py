@@ -73,11 +73,16 @@ def _deb_license(root: str, package: str) -> str:
     path = os.path.join(root, "usr/share/doc", package, "copyright")
     if not os.path.exists(path):
         return "unknown (see package copyright)"
+    lines = _read_text(path).splitlines()
     in_star = False
-    for line in _read_text(path).splitlines():
+    for line in lines:
         if line.startswith("Files:"):
             in_star = line.split(":", 1)[1].strip() == "*"
         elif in_star and line.startswith("License:"):
+            return line.split(":", 1)[1].strip()
+    # Not machine-readable (DEP-5): take the first "License:" line anywhere.
+    for line in lines:
+        if line.startswith("License:"):
             return line.split(":", 1)[1].strip()
     return "unknown (see package copyright)"
 
