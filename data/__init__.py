@@ -7,15 +7,15 @@ See data/README.md. Public API::
     data.ByteTokenizer(), data.SentencePieceTokenizer(model), data.get_tokenizer(spec)
 """
 
-from data.pipeline import (
-    CATALOG_TEXT_FEATURES,
-    LOCAL_CORPORA,
-    DatasetNotPreparedError,
-    DocumentStore,
-    load_documents,
-    long_document_dataset,
-)
-from data.tokenizers import ByteTokenizer, SentencePieceTokenizer, get_tokenizer
+from data.pipeline import CATALOG_TEXT_FEATURES
+from data.pipeline import LOCAL_CORPORA
+from data.pipeline import DatasetNotPreparedError
+from data.pipeline import DocumentStore
+from data.pipeline import load_documents
+from data.pipeline import long_document_dataset
+from data.tokenizers import ByteTokenizer
+from data.tokenizers import SentencePieceTokenizer
+from data.tokenizers import get_tokenizer
 
 __all__ = [
     "CATALOG_TEXT_FEATURES",

@@ -88,8 +88,11 @@ class _LocalCorpus(tfds.core.GeneratorBasedBuilder):
         by_split = {name: [] for name, _ in SPLIT_FRACTIONS}
         for entry, path in entries:
             by_split[split_of(entry["doc_id"])].append((entry, path))
+        # TFDS cannot write an empty split; a tiny corpus may leave one empty: omit it.
         return {
-            name: self._generate_examples(items) for name, items in by_split.items()
+            name: self._generate_examples(items)
+            for name, items in by_split.items()
+            if items
         }
 
     def _generate_examples(self, items):

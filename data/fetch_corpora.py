@@ -34,7 +34,10 @@ import tempfile
 import time
 import urllib.request
 
-from data.sources import DebPackage, PypiSdist, Source, sources_for
+from data.sources import DebPackage
+from data.sources import PypiSdist
+from data.sources import Source
+from data.sources import sources_for
 
 DEFAULT_MIRROR = "http://DEBIAN_MIRROR/debian"
 MANIFEST = "manifest.json"

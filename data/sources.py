@@ -15,7 +15,8 @@ import os
 import platform
 import re
 import sysconfig
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 
 from data.rdata import read_lazyload_db
 
