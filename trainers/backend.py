@@ -1,0 +1,77 @@
+"""Backend and device selection that must happen before Keras / TF / JAX load.
+
+``select(argv)`` reads ``--backend`` and ``--cpu_devices`` straight from the
+command line (absl has not parsed it yet) and sets ``KERAS_BACKEND`` and, for
+JAX, ``XLA_FLAGS``. The TF logical CPU devices are configured by
+``configure_tf_devices`` right after TF is imported, before any op runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+BACKENDS = ("tensorflow", "jax")
+
+
+def _flag_value(argv, name):
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def select(argv=None, default=None) -> str:
+    """Sets KERAS_BACKEND from ``--backend`` (else ``default``, else the
+    environment, else ``tensorflow``, or the backend recorded in the
+    ``--model_dir`` config); returns it. Exits with a clear message when Keras
+    was already imported with another backend."""
+    argv = sys.argv if argv is None else argv
+    backend = _flag_value(argv, "backend")
+    if backend is None and default is None:
+        model_dir = _flag_value(argv, "model_dir")
+        path = os.path.join(model_dir, "config.json") if model_dir else None
+        if path and os.path.exists(path):
+            with open(path) as f:
+                backend = json.load(f).get("backend")
+    backend = backend or default or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    if backend not in BACKENDS:
+        sys.exit(f"--backend={backend!r} is not supported; use one of {', '.join(BACKENDS)}.")
+    if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", backend) != backend:
+        sys.exit(
+            f"Keras was imported with backend {os.environ.get('KERAS_BACKEND')!r} before "
+            f"--backend={backend} could take effect; run the trainer as a fresh process."
+        )
+    os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cpu_devices = _flag_value(argv, "cpu_devices")
+    if backend == "jax" and cpu_devices and int(cpu_devices) > 1:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = (
+                f"{flags} --xla_force_host_platform_device_count={int(cpu_devices)}".strip()
+            )
+    return backend
+
+
+def configure_tf_devices(cpu_devices: int):
+    """Splits the first CPU into ``cpu_devices`` logical devices (tests of
+    MirroredStrategy on CPU); must run before TF executes any op."""
+    if cpu_devices <= 1:
+        return
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * cpu_devices
+        )
+    except RuntimeError as e:
+        raise RuntimeError(
+            "--cpu_devices must be configured before TensorFlow runs any op; "
+            "run the trainer as a fresh process."
+        ) from e

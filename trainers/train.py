@@ -1,0 +1,305 @@
+"""Train a Block-Recurrent Transformer with carried state through ``model.fit``.
+
+    python -m trainers.train --model_dir runs/mini --preset rec_fixed_skip --size mini \
+        --corpus books --data_dir DATA_DIR --steps 1000 --batch_size 8 [--backend jax ...]
+
+Each batch slot reads one document segment after segment; the stream state
+of every slot is carried from step to step (reset where a document starts),
+with no gradient across segments. Writes to ``--model_dir``: ``config.json``
+(the resolved config), ``checkpoints/`` (every ``--checkpoint_every`` steps,
+the last ``--keep_checkpoints``), ``tensorboard/``, ``history.jsonl``,
+``loss_curve.png`` and ``model.keras``. Re-running the same command resumes
+from the newest good checkpoint.
+"""
+
+from trainers import backend as _backend
+
+_backend.select()
+
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from trainers import common  # noqa: E402
+from trainers.checkpoints import CheckpointManager  # noqa: E402
+
+FLAGS = flags.FLAGS
+common.define_train_flags()
+
+
+class StepLogger(keras.callbacks.Callback):
+    """Per-step loss (recovered from Keras' running mean) to history.jsonl
+    and TensorBoard."""
+
+    def __init__(self, history_path, writer, batch_tokens):
+        super().__init__()
+        self.history_path = history_path
+        self.writer = writer
+        self.batch_tokens = batch_tokens
+        self.start_step = 0
+        self.records = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._prev_mean = 0.0
+        self._t0 = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        mean = float(logs["loss"])
+        loss = (batch + 1) * mean - batch * self._prev_mean
+        self._prev_mean = mean
+        step = self.start_step + batch + 1
+        elapsed = time.time() - self._t0
+        rec = {"step": step, "loss": loss, "tokens_per_second": self.batch_tokens * (batch + 1) / max(elapsed, 1e-9)}
+        lr = self.model.optimizer.learning_rate
+        rec["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        self.records.append(rec)
+        with open(self.history_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.writer is not None:
+            with self.writer.as_default(step=step):
+                for k, v in rec.items():
+                    if k != "step":
+                        tf.summary.scalar(k, v)
+
+
+def read_history(path, upto):
+    records = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec["step"] <= upto:
+                    records.append(rec)
+    with open(path, "w") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
+    return records
+
+
+def plot_history(records, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    losses = [r["loss"] / math.log(2) for r in records]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="per step")
+    if len(losses) >= 10:
+        k = max(len(losses) // 50, 5)
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1 :], smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (bits per position)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def resolved_config():
+    backend = keras.backend.backend()
+    model_config = common.resolve_model_config(FLAGS.preset, FLAGS.size, FLAGS.override, FLAGS.segment_length)
+    vocab = common.tokenizer_vocabulary(FLAGS.tokenizer)
+    if vocab > model_config["vocabulary_size"]:
+        raise common.UsageError(
+            f"--tokenizer has {vocab} ids but the model's vocabulary_size is "
+            f"{model_config['vocabulary_size']}; add --override vocabulary_size={vocab}."
+        )
+    if FLAGS.steps <= 0 or FLAGS.batch_size <= 0:
+        raise common.UsageError("--steps and --batch_size must be positive.")
+    if FLAGS.checkpoint_every <= 0:
+        raise common.UsageError("--checkpoint_every must be positive.")
+    return {
+        "backend": backend,
+        "preset": FLAGS.preset,
+        "size": FLAGS.size,
+        "model": model_config,
+        "corpus": FLAGS.corpus,
+        "split": FLAGS.split,
+        "text_feature": FLAGS.text_feature,
+        "data_dir": FLAGS.data_dir,
+        "tokenizer": FLAGS.tokenizer or "bytes",
+        "steps": FLAGS.steps,
+        "batch_size": FLAGS.batch_size,
+        "segment_length": model_config["segment_length"],
+        "optimizer": FLAGS.optimizer,
+        "schedule": FLAGS.schedule,
+        "learning_rate": FLAGS.learning_rate,
+        "warmup_steps": FLAGS.warmup_steps,
+        "weight_decay": FLAGS.weight_decay,
+        "mixed_precision": FLAGS.mixed_precision,
+        "strategy": FLAGS.strategy,
+        "num_processes": FLAGS.num_processes,
+        "checkpoint_every": FLAGS.checkpoint_every,
+        "keep_checkpoints": FLAGS.keep_checkpoints,
+        "seed": FLAGS.seed,
+        "overrides": list(FLAGS.override),
+        "loss": "masked NLL summed over tokens / (B*L) (the reference's sum loss up to a constant)",
+    }
+
+
+def train():
+    if not FLAGS.model_dir:
+        raise common.UsageError("--model_dir is required (where config, checkpoints and logs go).")
+    config = resolved_config()
+    if keras.backend.backend() == "tensorflow":
+        from trainers.backend import configure_tf_devices
+
+        configure_tf_devices(FLAGS.cpu_devices)
+    setup = common.setup_distribution(
+        FLAGS.strategy,
+        keras.backend.backend(),
+        cpu_devices=FLAGS.cpu_devices,
+        tpu=FLAGS.tpu,
+        mesh=FLAGS.mesh,
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id,
+    )
+    global_batch = FLAGS.batch_size
+    if global_batch % setup.num_replicas:
+        r = setup.num_replicas
+        raise common.UsageError(
+            f"--batch_size={global_batch} is not divisible by the {r} replicas; use a multiple of "
+            f"{r}, e.g. --batch_size={max(r, global_batch // r * r)}."
+        )
+    if global_batch % setup.process_count:
+        raise common.UsageError(f"--batch_size must be divisible by --num_processes={setup.process_count}.")
+    host_batch = global_batch // setup.process_count
+    state_batch = global_batch // setup.num_replicas if setup.strategy is not None else global_batch
+    config.update(num_replicas=setup.num_replicas, host_batch=host_batch, state_batch=state_batch)
+    model_dir = FLAGS.model_dir
+    if setup.process_count > 1:
+        model_dir = os.path.join(model_dir, f"process_{setup.process_index}")
+    os.makedirs(model_dir, exist_ok=True)
+    common.write_json(os.path.join(model_dir, "config.json"), config)
+    if FLAGS.mixed_precision:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+
+    L = config["segment_length"]
+    dataset = common.open_dataset(
+        FLAGS.corpus,
+        FLAGS.split,
+        segment_length=L,
+        batch_size=host_batch,
+        tokenizer=FLAGS.tokenizer,
+        data_dir=FLAGS.data_dir,
+        seed=FLAGS.seed,
+        shard_index=setup.process_index,
+        num_shards=setup.process_count,
+        text_feature=FLAGS.text_feature,
+    )
+    iterator = iter(dataset)
+
+    with setup.scope():
+        lm = common.build_lm(config["model"], FLAGS.seed)
+        model = common.build_stream_model(lm, state_batch)
+        optimizer = common.make_optimizer(
+            FLAGS.optimizer, FLAGS.schedule, FLAGS.learning_rate, FLAGS.warmup_steps, FLAGS.steps, FLAGS.weight_decay
+        )
+        model.compile(optimizer=optimizer, loss=common.training_loss(), jit_compile="auto")
+        optimizer.build(model.trainable_variables)
+
+    manager = CheckpointManager(os.path.join(model_dir, "checkpoints"), keep=FLAGS.keep_checkpoints,
+                                log=lambda m: print(f"WARNING: {m}", file=sys.stderr, flush=True))
+    manifest, state = manager.restore(lm, optimizer, iterator, model.trainable_variables)
+    step = 0
+    if manifest is not None:
+        step = manifest["step"]
+        common.set_stream_state(model, state, training=True)
+        print(f"Resuming from step {step} ({manager.checkpoints()[0]})", flush=True)
+    history_path = os.path.join(model_dir, "history.jsonl")
+    read_history(history_path, step)
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard")) if setup.process_index == 0 else None
+    logger = StepLogger(history_path, writer, global_batch * L)
+    n_params = sum(int(np.prod(v.shape)) for v in lm.trainable_weights)
+    print(
+        f"{config['preset']}/{config['size']}: {n_params / 1e6:.2f}M parameters, backend "
+        f"{config['backend']}, strategy {config['strategy']} ({setup.num_replicas} replica(s)), "
+        f"batch {global_batch} x {L} tokens, {FLAGS.steps} steps",
+        flush=True,
+    )
+    chunk = max(1, min(FLAGS.chunk_steps, FLAGS.checkpoint_every))
+    t_start = time.time()
+    start_step = step
+    while step < FLAGS.steps:
+        next_ckpt = (step // FLAGS.checkpoint_every + 1) * FLAGS.checkpoint_every
+        n = min(chunk, FLAGS.steps - step, next_ckpt - step)
+        batches = [next(iterator) for _ in range(n)]
+        stacked = {k: np.stack([b[k].numpy() for b in batches]) for k in ("token_ids", "start_of_sequence")}
+        chunk_ds = tf.data.Dataset.from_tensor_slices(stacked).map(common.to_model_inputs)
+        logger.start_step = step
+        epoch = step // chunk
+        model.fit(
+            chunk_ds,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            verbose=FLAGS.verbose,
+            callbacks=[logger],
+            shuffle=False,
+        )
+        step += n
+        if step % FLAGS.checkpoint_every == 0 or step == FLAGS.steps:
+            path = manager.save(
+                step,
+                lm,
+                optimizer,
+                common.get_stream_state(model, training=True),
+                iterator,
+                extra={"backend": config["backend"]},
+            )
+            logging.info("checkpoint %s", path)
+    elapsed = time.time() - t_start
+    records = read_history(history_path, step)
+    if writer is not None:
+        writer.flush()
+    keras_path = os.path.join(model_dir, "model.keras")
+    lm.save(keras_path)
+    plot_path = os.path.join(model_dir, "loss_curve.png")
+    if FLAGS.save_plot and records:
+        plot_history(records, plot_path, f"{config['preset']}/{config['size']} on {config['corpus']}")
+    summary = {
+        "steps": step,
+        "steps_this_run": step - start_step,
+        "seconds_this_run": round(elapsed, 1),
+        "final_loss": records[-1]["loss"] if records else None,
+        "model": keras_path,
+        "config": os.path.join(model_dir, "config.json"),
+        "checkpoints": manager.directory,
+        "tensorboard": os.path.join(model_dir, "tensorboard"),
+        "loss_curve": plot_path if FLAGS.save_plot and records else None,
+    }
+    common.write_json(os.path.join(model_dir, "train_summary.json"), summary)
+    print("Training done:\n" + json.dumps(summary, indent=2), flush=True)
+    return summary
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        train()
+    except common.UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
