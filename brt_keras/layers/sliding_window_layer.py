@@ -208,6 +208,7 @@ class SlidingWindowLayer(keras.layers.Layer):
                 f"{self.name}: cross_attention={self.cross_attention} needs "
                 "state_kv " + ("" if self.cross_attention else "not ") + "given."
             )
+        x = ops.cast(x, self.compute_dtype)
         prev_k = reset_where(start_of_sequence, 0.0, state["keys"])
         prev_v = reset_where(start_of_sequence, 0.0, state["values"])
         q, k, v, q2 = self.project(x, training=training)
@@ -230,9 +231,7 @@ class SlidingWindowLayer(keras.layers.Layer):
 
     def call(self, x, training=None):
         batch = ops.shape(x)[0]
-        y, _ = self.call_with_state(
-            x, self.get_initial_state(batch), training=training
-        )
+        y, _ = self.call_with_state(x, self.get_initial_state(batch), training=training)
         return y
 
     def decode_step(self, x, cache, index, state_kv=None):
@@ -243,6 +242,7 @@ class SlidingWindowLayer(keras.layers.Layer):
         `[B, W, H, Dh]`. Returns `(y [B, 1, d], new_cache)`; the cost does not
         depend on how many tokens came before.
         """
+        x = ops.cast(x, self.compute_dtype)
         q, k, v, q2 = self.project(x)
         slot = ops.reshape(
             ops.arange(self.block_size) == ops.convert_to_tensor(index, "int32"),

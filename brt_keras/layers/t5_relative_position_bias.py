@@ -7,9 +7,7 @@ import numpy as np
 from keras import ops
 
 
-def relative_position_buckets(
-    num_queries, num_keys, num_buckets=32, max_distance=128
-):
+def relative_position_buckets(num_queries, num_keys, num_buckets=32, max_distance=128):
     """Unidirectional T5 buckets, queries aligned with the *last* keys.
 
     Query i and key j have relative position r = j - (i + num_keys -

@@ -170,16 +170,14 @@ class BlockRecurrentBackbone(keras.Model):
         if not isinstance(state, dict) or set(state) != set(expected):
             got = sorted(state) if isinstance(state, dict) else type(state)
             raise ValueError(
-                f"state must be a dict with keys {sorted(expected)}; got {got}. "
-                + fix
+                f"state must be a dict with keys {sorted(expected)}; got {got}. " + fix
             )
         for name, layer_state in state.items():
             if not isinstance(layer_state, dict) or set(layer_state) - {
                 "all_recurrent_states"
             } != set(expected[name]):
                 raise ValueError(
-                    f"state[{name!r}] must have keys {sorted(expected[name])}. "
-                    + fix
+                    f"state[{name!r}] must have keys {sorted(expected[name])}. " + fix
                 )
             for key, value in expected[name].items():
                 shape = tuple(layer_state[key].shape)
@@ -198,9 +196,7 @@ class BlockRecurrentBackbone(keras.Model):
     def recurrent_layer(self):
         return self.transformer_layers[self.recurrent_indices[0]]
 
-    def call_with_state(
-        self, token_ids, state, start_of_sequence=None, training=None
-    ):
+    def call_with_state(self, token_ids, state, start_of_sequence=None, training=None):
         """Runs one segment `[B, N*W]` of token ids from a carried state.
 
         Returns `(hidden [B, N*W, d], new_state)`; `start_of_sequence[b]`
@@ -237,7 +233,9 @@ class BlockRecurrentBackbone(keras.Model):
         state = dict(state)
         for i, layer in enumerate(self.transformer_layers):
             if isinstance(layer, BlockRecurrentLayer):
-                state[f"layer_{i}"] = layer.reset(state[f"layer_{i}"], start_of_sequence)
+                state[f"layer_{i}"] = layer.reset(
+                    state[f"layer_{i}"], start_of_sequence
+                )
             else:
                 state[f"layer_{i}"] = {
                     k: reset_where(start_of_sequence, 0.0, v)
@@ -285,4 +283,3 @@ class BlockRecurrentBackbone(keras.Model):
             unroll=self.unroll,
         )
         return config
-

@@ -76,9 +76,7 @@ class BlockRecurrentCausalLM(keras.Model):
     def get_initial_state(self, batch_size):
         return self.backbone.get_initial_state(batch_size)
 
-    def call_with_state(
-        self, token_ids, state, start_of_sequence=None, training=None
-    ):
+    def call_with_state(self, token_ids, state, start_of_sequence=None, training=None):
         """Logits `[B, L, V]` (float32) and the next state for a segment of
         `[B, L]` ids, L a multiple of `block_size`."""
         hidden, state = self.backbone.call_with_state(
@@ -171,7 +169,7 @@ class BlockRecurrentCausalLM(keras.Model):
         if backend == "tensorflow":
             import tensorflow as tf
 
-            compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
+            compiled = tf.function(fn, jit_compile=True)
         elif backend == "jax":
             import jax
 
@@ -229,7 +227,9 @@ class BlockRecurrentCausalLM(keras.Model):
                 yield token
                 if produced == max_new_tokens:
                     return
-            logits, cache = step(token, cache, ops.convert_to_tensor(position % w, "int32"))
+            logits, cache = step(
+                token, cache, ops.convert_to_tensor(position % w, "int32")
+            )
             position += 1
             if position % w == 0:
                 cache = end_block(cache)
@@ -241,9 +241,7 @@ class BlockRecurrentCausalLM(keras.Model):
         (`brt_keras.samplers`).
         """
         prompt_ids = ops.convert_to_tensor(prompt_ids, "int32")
-        new = list(
-            self.generate_stream(prompt_ids, max_new_tokens, sampler, seed=seed)
-        )
+        new = list(self.generate_stream(prompt_ids, max_new_tokens, sampler, seed=seed))
         if not new:
             return prompt_ids
         return ops.concatenate([prompt_ids, ops.stack(new, axis=1)], axis=1)

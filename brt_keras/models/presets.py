@@ -7,33 +7,71 @@ plus `segment_length`, the training segment L of that variant.
 
 # Sizes: meliad `size/*.gin`; "tiny" is ours for tests (and "mini" a CPU demo).
 SIZES = {
-    "tiny": dict(num_layers=2, hidden_dim=64, num_heads=4, head_dim=16,
-                 intermediate_dim=128, block_size=8, num_states=8,
-                 vocabulary_size=260),
-    "mini": dict(num_layers=4, hidden_dim=128, num_heads=4, head_dim=32,
-                 intermediate_dim=512, block_size=64, num_states=64,
-                 vocabulary_size=260),
-    "small_37m": dict(num_layers=12, hidden_dim=512, num_heads=8, head_dim=64,
-                      intermediate_dim=2048),
-    "small_75m": dict(num_layers=12, hidden_dim=512, num_heads=8, head_dim=128,
-                      intermediate_dim=4096),
-    "medium_150m": dict(num_layers=12, hidden_dim=1024, num_heads=8,
-                        head_dim=128, intermediate_dim=4096),
-    "medium_300m": dict(num_layers=12, hidden_dim=1024, num_heads=16,
-                        head_dim=128, intermediate_dim=8192),
-    "large_600m": dict(num_layers=12, hidden_dim=2048, num_heads=16,
-                       head_dim=128, intermediate_dim=8192),
+    "tiny": dict(
+        num_layers=2,
+        hidden_dim=64,
+        num_heads=4,
+        head_dim=16,
+        intermediate_dim=128,
+        block_size=8,
+        num_states=8,
+        vocabulary_size=260,
+    ),
+    "mini": dict(
+        num_layers=4,
+        hidden_dim=128,
+        num_heads=4,
+        head_dim=32,
+        intermediate_dim=512,
+        block_size=64,
+        num_states=64,
+        vocabulary_size=260,
+    ),
+    "small_37m": dict(
+        num_layers=12, hidden_dim=512, num_heads=8, head_dim=64, intermediate_dim=2048
+    ),
+    "small_75m": dict(
+        num_layers=12, hidden_dim=512, num_heads=8, head_dim=128, intermediate_dim=4096
+    ),
+    "medium_150m": dict(
+        num_layers=12, hidden_dim=1024, num_heads=8, head_dim=128, intermediate_dim=4096
+    ),
+    "medium_300m": dict(
+        num_layers=12,
+        hidden_dim=1024,
+        num_heads=16,
+        head_dim=128,
+        intermediate_dim=8192,
+    ),
+    "large_600m": dict(
+        num_layers=12,
+        hidden_dim=2048,
+        num_heads=16,
+        head_dim=128,
+        intermediate_dim=8192,
+    ),
     # The paper's "1.3B": tall_24L.gin over large_600M, recurrence at 9, 19.
-    "large_1300m": dict(num_layers=24, hidden_dim=2048, num_heads=16,
-                        head_dim=128, intermediate_dim=8192,
-                        recurrent_layers=(9, 19)),
+    "large_1300m": dict(
+        num_layers=24,
+        hidden_dim=2048,
+        num_heads=16,
+        head_dim=128,
+        intermediate_dim=8192,
+        recurrent_layers=(9, 19),
+    ),
 }
-PAPER_DEFAULTS = dict(block_size=512, num_states=512, vocabulary_size=32128,
-                      dropout=0.05)
+PAPER_DEFAULTS = dict(
+    block_size=512, num_states=512, vocabulary_size=32128, dropout=0.05
+)
 # Layer-stack parameters the paper's size files quote (4dHDh + 2dF per layer).
-PAPER_PARAMS = {"small_37m": 37e6, "small_75m": 75e6, "medium_150m": 151e6,
-                "medium_300m": 302e6, "large_600m": 605e6,
-                "large_1300m": 1208e6}
+PAPER_PARAMS = {
+    "small_37m": 37e6,
+    "small_75m": 75e6,
+    "medium_150m": 151e6,
+    "medium_300m": 302e6,
+    "large_600m": 605e6,
+    "large_1300m": 1208e6,
+}
 
 # Variants: window multiplier (of the size's block), segment in blocks of
 # 512-token windows, extra layers, recurrence.
@@ -47,22 +85,46 @@ VARIANTS = {
 for _gate in ("fixed", "lstm"):
     for _variant in ("skip", "dual", "single"):
         VARIANTS[f"rec_{_gate}_{_variant}"] = dict(
-            window=1, segment_blocks=8, gate_type=_gate, gate_variant=_variant,
-            recurrent=True)
+            window=1,
+            segment_blocks=8,
+            gate_type=_gate,
+            gate_variant=_variant,
+            recurrent=True,
+        )
 VARIANTS["feedback_fixed_skip"] = dict(
-    window=1, segment_blocks=8, gate_type="fixed", gate_variant="skip",
-    recurrent=True, feedback=True)
+    window=1,
+    segment_blocks=8,
+    gate_type="fixed",
+    gate_variant="skip",
+    recurrent=True,
+    feedback=True,
+)
 VARIANTS["feedback_lstm_single"] = dict(
-    window=1, segment_blocks=8, gate_type="lstm", gate_variant="single",
-    recurrent=True, feedback=True)
+    window=1,
+    segment_blocks=8,
+    gate_type="lstm",
+    gate_variant="single",
+    recurrent=True,
+    feedback=True,
+)
 
 # tiny and mini use 4 blocks per segment (spec section 11).
 _SMALL_SEGMENT_BLOCKS = {"tiny": 4, "mini": 4}
 
 CONFIG_KEYS = (
-    "vocabulary_size", "num_layers", "hidden_dim", "num_heads", "head_dim",
-    "intermediate_dim", "block_size", "num_states", "recurrent_layers",
-    "gate_type", "gate_variant", "feedback", "dropout",
+    "vocabulary_size",
+    "num_layers",
+    "hidden_dim",
+    "num_heads",
+    "head_dim",
+    "intermediate_dim",
+    "block_size",
+    "num_states",
+    "recurrent_layers",
+    "gate_type",
+    "gate_variant",
+    "feedback",
+    "dropout",
 )
 
 

@@ -1,0 +1,86 @@
+"""Whole official DecoderStack models reproduced to 1e-5 (issue 6)."""
+
+import numpy as np
+import pytest
+from conftest import golden
+
+from brt_keras import BlockRecurrentCausalLM
+from brt_keras.convert import state_from_meliad
+
+pytestmark = pytest.mark.model
+
+MODELS = {
+    "model_bias_skip": dict(
+        num_states=4, recurrent_layers=(-2,), gate_type="bias", gate_variant="skip"
+    ),
+    "model_feedback_lstm_single": dict(
+        num_states=4,
+        recurrent_layers=(-2,),
+        gate_type="lstm",
+        gate_variant="single",
+        feedback=True,
+    ),
+    "model_xl": dict(),
+}
+SIZES = dict(
+    vocabulary_size=64,
+    num_layers=3,
+    hidden_dim=32,
+    num_heads=2,
+    head_dim=16,
+    intermediate_dim=64,
+    block_size=8,
+)
+ATOL = 1e-5
+
+
+def build(name):
+    g = golden(name)
+    return g, BlockRecurrentCausalLM.from_meliad(g, **SIZES, **MODELS[name])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_logits_and_state_match_reference(name):
+    g, lm = build(name)
+    state = lm.get_initial_state(2)
+    for seg in (1, 2):
+        logits, state = lm.call_with_state(
+            g[f"tokens_seg{seg}"], state, g[f"start_of_sequence_seg{seg}"]
+        )
+        np.testing.assert_allclose(np.asarray(logits), g[f"logits_seg{seg}"], atol=ATOL)
+        prefix = f"state_after_seg{seg}/state/"
+        ref = state_from_meliad(
+            {k: v for k, v in g.items() if k.startswith(prefix)}, prefix
+        )
+        for layer, layer_state in ref.items():
+            for key, value in layer_state.items():
+                np.testing.assert_allclose(
+                    np.asarray(state[layer][key]), value, atol=ATOL
+                )
+    np.testing.assert_allclose(
+        np.asarray(lm(g["tokens_seg1"])), g["logits_seg1"], atol=ATOL
+    )
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_one_block_per_call_matches_reference(name):
+    g, lm = build(name)
+    state = lm.get_initial_state(2)
+    for seg in (1, 2):
+        for t in range(4):
+            sos = g[f"start_of_sequence_seg{seg}"] if t == 0 else None
+            logits, state = lm.call_with_state(
+                g[f"tokens_seg{seg}"][:, 8 * t : 8 * t + 8], state, sos
+            )
+            np.testing.assert_allclose(
+                np.asarray(logits),
+                g[f"logits_seg{seg}"][:, 8 * t : 8 * t + 8],
+                atol=ATOL,
+            )
+
+
+def test_from_meliad_rejects_wrong_config():
+    g = golden("model_bias_skip")
+    with pytest.raises(ValueError, match="unexpected .13.*misshaped .1.") as err:
+        BlockRecurrentCausalLM.from_meliad(g, **SIZES)  # recurrence forgotten
+    assert "params/transformer1/recurrent_initial_state" in str(err.value)
