@@ -149,39 +149,11 @@ def test_unknown_preset_and_override():
     assert lm.backbone.num_states == 3 and lm.segment_length == 16
 
 
-def stack_parameters(config):
-    """Analytic count of a config's parameters (used for big sizes)."""
-    d, h, dh, f = (
-        config[k] for k in ("hidden_dim", "num_heads", "head_dim", "intermediate_dim")
-    )
-    hd, s, n = h * dh, config["num_states"], config["num_layers"]
-    rec = {i % n for i in config["recurrent_layers"]}
-    layer = 4 * d * hd + 2 * d * f + 2 * d + h + 32 * h  # qkv+o, ffn, norms, tau, t5
-    total = config["vocabulary_size"] * d + d + n * layer
-    for _ in rec:
-        total += d * hd + hd * d + h  # token queries2, wider projection, tau2
-        total += (
-            4 * d * hd + d + 2 * s * d + 2 * h
-        )  # state qkv+q2, norm, ids+init, taus
-        variant, gate = config["gate_variant"], config["gate_type"]
-        gate_params = d if gate == "fixed" else 2 * (2 * hd * d + d)
-        ffn_gate = d if gate == "fixed" else 2 * (f * d + d)
-        if variant == "skip":
-            total += 2 * hd * d + gate_params
-        elif variant == "dual":
-            total += 2 * hd * d + gate_params + d + 2 * d * f + ffn_gate
-        else:
-            total += 2 * hd * f + f * d + ffn_gate
-    if config.get("feedback"):
-        total += (n - len(rec)) * (d * hd + hd * d + h)
-    return total
-
-
 @pytest.mark.parametrize("variant", sorted(presets.VARIANTS))
 def test_parameter_count_formula_matches_built_models(variant):
     lm = BlockRecurrentCausalLM.from_preset(variant, size="tiny")
     config = presets.preset_config(variant, "tiny")
-    assert lm.count_params() == stack_parameters(config)
+    assert lm.count_params() == presets.parameter_count(config)
 
 
 def test_paper_sizes_parameter_counts():
@@ -195,7 +167,7 @@ def test_paper_sizes_parameter_counts():
         assert abs(quoted - paper) / paper < 0.025, size  # "37M" is 37.7M
     # One real build at small_37m confirms the formula at paper scale.
     lm = BlockRecurrentCausalLM.from_preset("rec_fixed_skip", size="small_37m")
-    assert lm.count_params() == stack_parameters(
+    assert lm.count_params() == presets.parameter_count(
         presets.preset_config("rec_fixed_skip", "small_37m")
     )
 

@@ -170,3 +170,32 @@ def preset_config(variant, size="medium_150m", **overrides):
         config["num_states"] = 512
     config["recurrent_layers"] = tuple(config.get("recurrent_layers", ()))
     return config
+
+
+def parameter_count(config):
+    """Parameters of a backbone config, counted without building it
+    (embedding, every layer, final norm; checked against built models)."""
+    d, h, dh, f = (
+        config[k] for k in ("hidden_dim", "num_heads", "head_dim", "intermediate_dim")
+    )
+    hd, s, n = h * dh, config["num_states"], config["num_layers"]
+    rec = {i % n for i in config["recurrent_layers"]}
+    layer = 4 * d * hd + 2 * d * f + 2 * d + h + 32 * h  # qkv+o, ffn, norms, tau, t5
+    total = config["vocabulary_size"] * d + d + n * layer
+    for _ in rec:
+        total += d * hd + hd * d + h  # token queries2, wider projection, tau2
+        total += (
+            4 * d * hd + d + 2 * s * d + 2 * h
+        )  # state qkv+q2, norm, ids+init, taus
+        variant, gate = config["gate_variant"], config["gate_type"]
+        gate_params = d if gate == "fixed" else 2 * (2 * hd * d + d)
+        ffn_gate = d if gate == "fixed" else 2 * (f * d + d)
+        if variant == "skip":
+            total += 2 * hd * d + gate_params
+        elif variant == "dual":
+            total += 2 * hd * d + gate_params + d + 2 * d * f + ffn_gate
+        else:
+            total += 2 * hd * f + f * d + ffn_gate
+    if config.get("feedback"):
+        total += (n - len(rec)) * (d * hd + hd * d + h)
+    return total
