@@ -1,0 +1,168 @@
+"""Time and peak memory per token, streaming 4k to 64k tokens.
+
+`rec_fixed_skip` streams the sequence segment by segment through the
+compiled forward (`call_with_state`), carrying its state; the comparison is a
+full-causal-attention model of the same size (the XL layer with a window
+equal to the whole sequence, one segment: attention cost O(T^2)). Full
+attention is run only up to `--full-max` tokens (its [H, T, 2T] score tensor
+outgrows this machine's memory beyond that). Target: rec per-token cost at
+the longest length within 1.1x of the shortest, memory flat.
+
+Memory is the process' peak resident set above its level just before the
+measured run (after compilation), sampled every 5 ms.
+
+    python -m benchmarks.scaling [--quick] [--lengths 4096,...,65536]
+"""
+
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+
+def stream(lm, length, seed):
+    rng = np.random.default_rng(seed)
+    vocab = lm.backbone.vocabulary_size
+    segment = lm.segment_length
+    forward = common.forward_fn(lm)
+    state = lm.get_initial_state(1)
+    # Compile (and warm) on one segment, outside the measurement.
+    common.block_until_ready(forward(common.random_ids(rng, 1, segment, vocab), state))
+    ids = common.random_ids(rng, 1, length, vocab)
+    with common.PeakRSS() as mem:
+        t0 = time.perf_counter()
+        for start in range(0, length, segment):
+            logits, state = forward(ids[:, start : start + segment], state)
+            # Keep only what a streaming user keeps: the state.
+            del logits
+        common.block_until_ready(state)
+        seconds = time.perf_counter() - t0
+    state_bytes = sum(int(np.prod(x.shape)) * 4 for x in _leaves(state))
+    return seconds, mem.peak - mem.start, mem.peak, state_bytes
+
+
+def _leaves(state):
+    import keras
+
+    return keras.tree.flatten(state)
+
+
+def main(argv=None):
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--size", default="small_37m")
+    parser.add_argument("--lengths", default="4096,8192,16384,32768,65536")
+    parser.add_argument("--full-max", type=int, default=8192)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.lengths, args.full_max = "tiny", "64,128,256,512", 128
+    import keras
+
+    lengths = [int(v) for v in args.lengths.split(",")]
+    results = []
+    keras.utils.set_random_seed(args.seed)
+    rec = common.build_lm("rec_fixed_skip", args.size)
+    for length in lengths:
+        common.log(f"[scaling] rec_fixed_skip {args.size} {length} tokens ...")
+        s, mem, peak, state_bytes = stream(rec, length, args.seed)
+        results.append(
+            dict(
+                model="rec_fixed_skip",
+                size=args.size,
+                tokens=length,
+                seconds=s,
+                us_per_token=1e6 * s / length,
+                peak_extra_mib=mem / 2**20,
+                peak_rss_mib=peak / 2**20,
+                carried_state_mib=state_bytes / 2**20,
+                segment=rec.segment_length,
+            )
+        )
+        common.log(f"  {1e6 * s / length:.1f} us/token, +{mem / 2**20:.0f} MiB")
+    del rec
+    for length in [n for n in lengths if n <= args.full_max]:
+        common.log(f"[scaling] full attention {args.size} {length} tokens ...")
+        keras.utils.set_random_seed(args.seed)
+        full = common.build_lm("xl_512", args.size, block_size=length)
+        s, mem, peak, _ = stream(full, length, args.seed)
+        results.append(
+            dict(
+                model="full_attention",
+                size=args.size,
+                tokens=length,
+                seconds=s,
+                us_per_token=1e6 * s / length,
+                peak_extra_mib=mem / 2**20,
+                peak_rss_mib=peak / 2**20,
+                carried_state_mib=None,
+                segment=length,
+            )
+        )
+        common.log(f"  {1e6 * s / length:.1f} us/token, +{mem / 2**20:.0f} MiB")
+        del full
+
+    for model in ("rec_fixed_skip", "full_attention"):
+        rs = [r for r in results if r["model"] == model]
+        for r in rs:
+            r["relative_per_token"] = r["us_per_token"] / rs[0]["us_per_token"]
+    rec_rows = [r for r in results if r["model"] == "rec_fixed_skip"]
+    ratio = rec_rows[-1]["relative_per_token"]
+    mem_growth = rec_rows[-1]["peak_extra_mib"] - rec_rows[0]["peak_extra_mib"]
+    notes = [
+        f"rec_fixed_skip per-token cost at {rec_rows[-1]['tokens']} vs "
+        f"{rec_rows[0]['tokens']}: {ratio:.3f}x (target <= 1.1: "
+        f"{'met' if ratio <= 1.1 else 'NOT met'})",
+        f"rec_fixed_skip peak extra memory change {mem_growth:+.0f} MiB from the "
+        "shortest to the longest run (flat means independent of length)",
+        f"full attention run up to {args.full_max} tokens only (O(T^2) memory)",
+    ]
+
+    fig, axes = common.new_figure(ncols=2, width=5.5)
+    for model, style in (("rec_fixed_skip", "o-"), ("full_attention", "s--")):
+        rs = [r for r in results if r["model"] == model]
+        if not rs:
+            continue
+        t = [r["tokens"] for r in rs]
+        axes[0].plot(t, [r["us_per_token"] for r in rs], style, label=model)
+        axes[1].plot(t, [r["peak_extra_mib"] for r in rs], style, label=model)
+    for ax, label in zip(axes, ("us per token", "peak extra RSS (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("tokens streamed")
+        ax.set_ylabel(label)
+        ax.legend()
+    axes[0].set_title(f"Forward cost per token, {args.size}")
+    axes[1].set_title("Peak memory above baseline")
+    png = common.save_figure(fig, "scaling", args.out_dir)
+    common.report(
+        "scaling",
+        "Streaming cost and memory vs sequence length",
+        [
+            "model",
+            "tokens",
+            "seconds",
+            "us/token",
+            "rel. per token",
+            "peak extra MiB",
+            "carried state MiB",
+        ],
+        [
+            [
+                r["model"],
+                r["tokens"],
+                r["seconds"],
+                r["us_per_token"],
+                r["relative_per_token"],
+                r["peak_extra_mib"],
+                r["carried_state_mib"],
+            ]
+            for r in results
+        ],
+        {"size": args.size, "results": results, "plot": png},
+        args.out_dir,
+        notes,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Training step time of every preset, normalised to slide_13 (Table 1).
+
+The issue's setting: `small_37m`, 4096 tokens per step (segment 4096 batch 1
+for Slide/Rec/Feedback; XL:W runs batch 4096/W of W-token segments, as the
+paper holds tokens per step fixed), XLA-compiled train step (forward,
+backward, Adafactor) on a carried state.
+
+`--setting issue` runs that; `--setting scaled` divides the window by 4
+(W=128, 1024 tokens per step, same layer sizes, same N=8 blocks and XL
+window ratios) so every preset fits a small CPU; `--setting both` (the
+default) runs the key presets at the issue's setting and all at the scaled
+one.
+
+    python -m benchmarks.step_time [--quick] [--setting both|issue|scaled]
+"""
+
+import time
+
+import numpy as np
+
+from benchmarks import common
+from benchmarks import flops as flops_lib
+from brt_keras.models import presets
+
+KEY_PRESETS = ("slide_13", "rec_fixed_skip", "xl_2048", "xl_512")
+SETTINGS = {
+    # name: (size, base window, tokens per step)
+    "issue": ("small_37m", 512, 4096),
+    "scaled": ("small_37m", 128, 1024),
+    "quick": ("tiny", 8, 64),
+}
+
+
+def measure(variant, size, window, tokens, steps, seed=0):
+    """Compile time and per-step seconds of one preset's train step."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    lm = common.build_lm(variant, size, window=window)
+    segment = lm.segment_length
+    batch = max(1, tokens // segment)
+    step = common.TrainStep(lm)
+    rng = np.random.default_rng(seed)
+    vocab = lm.backbone.vocabulary_size
+    state = lm.get_initial_state(batch)
+    sos = np.ones((batch,), bool)
+
+    def data():
+        ids = common.random_ids(rng, batch, segment + 1, vocab)
+        return ids[:, :-1], ids[:, 1:]
+
+    x, y = data()
+    t0 = time.perf_counter()
+    loss, state = common.block_until_ready(step(x, y, state, sos))
+    compile_s = time.perf_counter() - t0
+    sos = np.zeros((batch,), bool)
+    times = []
+    for _ in range(steps):
+        x, y = data()
+        t, (loss, state) = common.timed(step, x, y, state, sos)
+        times.append(t)
+    b = lm.backbone
+    return {
+        "variant": variant,
+        "size": size,
+        "window": b.block_size,
+        "segment": segment,
+        "batch": batch,
+        "tokens_per_step": batch * segment,
+        "layers": b.num_layers,
+        "params": common.count_params(lm),
+        "compile_and_first_step_s": compile_s,
+        "step_times_s": times,
+        "step_s": float(np.median(times)),
+        "step_min_s": float(np.min(times)),
+        "model_tflops_per_step": flops_lib.train_flops(b, batch * segment) / 1e12,
+        "loss": float(np.asarray(loss)),
+    }
+
+
+def run_setting(name, variants, steps, seed):
+    size, window, tokens = SETTINGS[name]
+    rows = []
+    for variant in variants:
+        common.log(f"[step_time:{name}] {variant} ({size}, W={window}) ...")
+        r = measure(variant, size, window, tokens, steps, seed)
+        r["setting"] = name
+        common.log(
+            f"  step {r['step_s']:.3f}s (times {np.round(r['step_times_s'], 3)}), "
+            f"compile+first {r['compile_and_first_step_s']:.1f}s"
+        )
+        rows.append(r)
+    base = next((r for r in rows if r["variant"] == "slide_13"), None)
+    for r in rows:
+        r["relative_to_slide_13"] = r["step_s"] / base["step_s"] if base else None
+        r["relative_min_to_slide_13"] = (
+            r["step_min_s"] / base["step_min_s"] if base else None
+        )
+    return rows
+
+
+def targets(rows):
+    by = {r["variant"]: r for r in rows}
+    out = {}
+    if "rec_fixed_skip" in by and "slide_13" in by:
+        ratio = by["rec_fixed_skip"]["step_s"] / by["slide_13"]["step_s"]
+        out["rec_fixed_skip / slide_13 <= 1.05"] = (ratio, ratio <= 1.05)
+    if "xl_2048" in by and "rec_fixed_skip" in by:
+        ratio = by["xl_2048"]["step_s"] / by["rec_fixed_skip"]["step_s"]
+        out["xl_2048 / rec_fixed_skip >= 1.8"] = (ratio, ratio >= 1.8)
+    return out
+
+
+def plot(all_rows, out_dir):
+    settings = sorted({r["setting"] for r in all_rows})
+    fig, axes = common.new_figure(ncols=len(settings), width=7)
+    axes = np.atleast_1d(axes)
+    for ax, name in zip(axes, settings):
+        rows = [r for r in all_rows if r["setting"] == name]
+        labels = [r["variant"] for r in rows]
+        ours = [r["relative_to_slide_13"] or 0 for r in rows]
+        paper = [common.PAPER_STEP_TIME.get(v, np.nan) for v in labels]
+        x = np.arange(len(labels))
+        ax.bar(x - 0.2, ours, 0.4, label="measured (this machine)")
+        ax.bar(x + 0.2, paper, 0.4, label="paper Table 1 (TPU)")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+        r0 = rows[0]
+        ax.set_title(
+            f"{name}: {r0['size']}, {r0['tokens_per_step']} tokens/step",
+            fontsize=9,
+        )
+        ax.set_ylabel("step time / slide_13")
+        ax.legend(fontsize=8)
+    return common.save_figure(fig, "step_time", out_dir)
+
+
+def main(argv=None):
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--setting", default="both", choices=["both", "issue", "scaled"]
+    )
+    parser.add_argument(
+        "--presets",
+        default=None,
+        help="comma list (default: key presets for the issue setting, all for scaled)",
+    )
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per preset")
+    args = parser.parse_args(argv)
+
+    plan = []
+    chosen = args.presets.split(",") if args.presets else None
+    if args.quick:
+        plan.append(("quick", chosen or list(KEY_PRESETS)))
+        args.steps = min(args.steps, 2)
+    else:
+        if args.setting in ("both", "issue"):
+            plan.append(("issue", chosen or list(KEY_PRESETS)))
+        if args.setting in ("both", "scaled"):
+            plan.append(("scaled", chosen or list(presets.VARIANTS)))
+
+    all_rows, target_results = [], {}
+    for name, variants in plan:
+        rows = run_setting(name, variants, args.steps, args.seed)
+        all_rows.extend(rows)
+        target_results[name] = {
+            k: {"value": v, "met": met} for k, (v, met) in targets(rows).items()
+        }
+
+    headers = [
+        "setting",
+        "preset",
+        "W",
+        "L x B",
+        "layers",
+        "step s",
+        "min s",
+        "rel. slide_13",
+        "paper",
+        "model TFLOP/step",
+        "compile s",
+    ]
+    table_rows = [
+        [
+            r["setting"],
+            r["variant"],
+            r["window"],
+            f"{r['segment']}x{r['batch']}",
+            r["layers"],
+            r["step_s"],
+            r["step_min_s"],
+            r["relative_to_slide_13"],
+            common.PAPER_STEP_TIME.get(r["variant"]),
+            r["model_tflops_per_step"],
+            r["compile_and_first_step_s"],
+        ]
+        for r in all_rows
+    ]
+    notes = [
+        f"{s}: {k} -> {t['value']:.3f} ({'met' if t['met'] else 'NOT met'})"
+        for s, ts in target_results.items()
+        for k, t in ts.items()
+    ]
+    notes.append(f"median of {args.steps} timed steps after one compile step")
+    png = plot(all_rows, args.out_dir)
+    common.report(
+        "step_time",
+        "Training step time relative to slide_13",
+        headers,
+        table_rows,
+        {
+            "settings": {k: SETTINGS[k] for k, _ in plan},
+            "rows": all_rows,
+            "targets": target_results,
+            "plot": png,
+        },
+        args.out_dir,
+        notes,
+    )
+
+
+if __name__ == "__main__":
+    main()

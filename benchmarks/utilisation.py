@@ -1,0 +1,140 @@
+"""Model FLOP/s of the training step over the dense matmul FLOP/s that the
+same process measures on the same machine. Target >= 0.5.
+
+Model FLOPs are analytic (`benchmarks/flops.py`: every matmul and attention
+einsum, x3 for forward + backward). The dense peak is the best of several
+XLA-compiled square float32 matmuls (n = 1024, 2048, 4096), timed in this
+process right before and after the train steps.
+
+    python -m benchmarks.utilisation [--quick] [--setting issue|scaled]
+"""
+
+import time
+
+import numpy as np
+
+from benchmarks import common
+from benchmarks import step_time
+
+
+def matmul_flops_per_s(sizes=(1024, 2048, 4096), repeats=5, dtype="float32"):
+    """Best FLOP/s of an XLA-compiled n x n x n matmul (chain of 4)."""
+    import keras
+    from keras import ops
+
+    best = {}
+    for n in sizes:
+        rng = np.random.default_rng(n)
+        a = ops.convert_to_tensor(rng.standard_normal((n, n)).astype(dtype) / n**0.5)
+        b = ops.convert_to_tensor(rng.standard_normal((n, n)).astype(dtype))
+
+        def chain(a, b):
+            x = b
+            for _ in range(4):
+                x = ops.matmul(a, x)
+            return x
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            fn = tf.function(chain, jit_compile=True)
+        else:
+            import jax
+
+            fn = jax.jit(chain)
+        common.block_until_ready(fn(a, b))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            common.block_until_ready(fn(a, b))
+            times.append(time.perf_counter() - t0)
+        best[n] = 4 * 2 * n**3 / min(times)
+    return best
+
+
+def main(argv=None):
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--setting", default="issue", choices=["issue", "scaled"])
+    parser.add_argument("--presets", default="rec_fixed_skip,slide_13")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args(argv)
+    setting = "quick" if args.quick else args.setting
+    size, window, tokens = step_time.SETTINGS[setting]
+    if args.quick:
+        args.steps = 2
+    sizes = (256, 512) if args.quick else (1024, 2048, 4096)
+
+    before = matmul_flops_per_s(sizes)
+    rows, results = [], []
+    for variant in args.presets.split(","):
+        common.log(f"[utilisation] {variant} {size} W={window} ...")
+        r = step_time.measure(variant, size, window, tokens, args.steps, args.seed)
+        results.append(r)
+    after = matmul_flops_per_s(sizes)
+    peak = max(max(before.values()), max(after.values()))
+    for r in results:
+        model_flops = r["model_tflops_per_step"] * 1e12
+        r["model_flops_per_s"] = model_flops / r["step_s"]
+        r["best_model_flops_per_s"] = model_flops / r["step_min_s"]
+        r["utilisation"] = r["model_flops_per_s"] / peak
+        rows.append(
+            [
+                r["variant"],
+                size,
+                f"{r['segment']}x{r['batch']}",
+                r["step_s"],
+                r["model_tflops_per_step"],
+                r["model_flops_per_s"] / 1e9,
+                peak / 1e9,
+                r["utilisation"],
+            ]
+        )
+    util = {r["variant"]: r["utilisation"] for r in results}
+    notes = [
+        f"{v}: utilisation {u:.3f} (target >= 0.5: {'met' if u >= 0.5 else 'NOT met'})"
+        for v, u in util.items()
+    ]
+    notes.append(
+        "dense matmul GFLOP/s by n, before: "
+        + ", ".join(f"{n}: {f / 1e9:.0f}" for n, f in before.items())
+        + "; after: "
+        + ", ".join(f"{n}: {f / 1e9:.0f}" for n, f in after.items())
+    )
+    fig, ax = common.new_figure()
+    labels = [r["variant"] for r in results]
+    ax.bar(labels, [r["model_flops_per_s"] / 1e9 for r in results], label="model")
+    ax.axhline(peak / 1e9, color="k", ls="--", label="dense matmul peak")
+    ax.axhline(0.5 * peak / 1e9, color="r", ls=":", label="target (50%)")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title(f"Training-step utilisation, {size}, {tokens} tokens/step")
+    ax.legend()
+    png = common.save_figure(fig, "utilisation", args.out_dir)
+    common.report(
+        "utilisation",
+        "Training-step FLOP/s vs dense matmul FLOP/s",
+        [
+            "preset",
+            "size",
+            "L x B",
+            "step s",
+            "model TFLOP/step",
+            "model GFLOP/s",
+            "matmul GFLOP/s",
+            "utilisation",
+        ],
+        rows,
+        {
+            "setting": setting,
+            "matmul_before": before,
+            "matmul_after": after,
+            "peak_flops_per_s": peak,
+            "results": results,
+            "plot": png,
+        },
+        args.out_dir,
+        notes,
+    )
+
+
+if __name__ == "__main__":
+    main()
