@@ -153,3 +153,47 @@ def test_wrong_parameters_are_listed():
     assert "missing (1): params/tbase/_kvq/keys_layer/kernel" in message
     assert "unexpected (1): params/extra/kernel" in message
     assert "params/tbase/ffn/hidden0/kernel: checkpoint (32, 65)" in message
+
+
+@pytest.mark.parametrize("name", ["bias_skip", "lstm_dual"])
+def test_stock_keras_rnn_over_blocks(name):
+    """`keras.layers.RNN(cell)` (while_loop / scan, not unrolled) over
+    `[B, N, W, d]` blocks reproduces the reference, state carried between
+    the two calls and slot 1 reset by hand."""
+    import keras
+
+    g, layer = build(name)
+    rnn = keras.layers.RNN(
+        layer.cell, return_sequences=True, return_state=True, unroll=False
+    )
+    state = layer.get_initial_state(2)
+    states = [state["recurrent_state"], state["keys"], state["values"]]
+    for seg in (1, 2):
+        if seg == 2:  # slot 1 starts a new document
+            fresh = layer.get_initial_state(2)
+            states = [
+                np.concatenate([np.asarray(s)[:1], np.asarray(fresh[k])[1:]])
+                for s, k in zip(states, ("recurrent_state", "keys", "values"))
+            ]
+        blocks = g[f"xs_seg{seg}"].reshape(2, 4, 8, 32)
+        y, *states = rnn(blocks, initial_state=states)
+        np.testing.assert_allclose(
+            np.asarray(y).reshape(2, 32, 32), g[f"ys_seg{seg}"], atol=ATOL
+        )
+    assert_state(
+        {"recurrent_state": states[0], "keys": states[1], "values": states[2]},
+        reference_state(g, "seg2"),
+    )
+
+
+def test_layer_configs_round_trip():
+    import keras
+
+    for name in ("lstm_dual", "sliding_window"):
+        _, layer = build(name)
+        clone = layer.__class__.from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+        restored = keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(layer)
+        )
+        assert type(restored) is type(layer)

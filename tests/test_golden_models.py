@@ -84,3 +84,45 @@ def test_from_meliad_rejects_wrong_config():
     with pytest.raises(ValueError, match="unexpected .13.*misshaped .1.") as err:
         BlockRecurrentCausalLM.from_meliad(g, **SIZES)  # recurrence forgotten
     assert "params/transformer1/recurrent_initial_state" in str(err.value)
+
+
+def _write_flax_checkpoint(path, params):
+    """A meliad-style checkpoint: Flax msgpack of a train state whose
+    parameters sit under optimizer/target/decoder (ndarrays as ext type 1)."""
+    import msgpack
+
+    tree = {}
+    for key, value in params.items():
+        node = tree
+        parts = ["optimizer", "target", "decoder"] + key.split("/")[1:]
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+
+    def default(obj):
+        if isinstance(obj, np.ndarray):
+            data = msgpack.packb(
+                (obj.shape, obj.dtype.name, obj.tobytes("C")), use_bin_type=True
+            )
+            return msgpack.ExtType(1, data)
+        raise TypeError(type(obj))
+
+    with open(path, "wb") as f:
+        f.write(msgpack.packb({**tree, "step": 7}, default=default, use_bin_type=True))
+
+
+def test_from_meliad_checkpoint_directory(tmp_path):
+    g = golden("model_bias_skip")
+    params = {k: v for k, v in g.items() if k.startswith("params/")}
+    _write_flax_checkpoint(
+        tmp_path / "checkpoint_5", {k: v * 0 for k, v in params.items()}
+    )
+    _write_flax_checkpoint(tmp_path / "checkpoint_10", params)  # the newest
+    lm = BlockRecurrentCausalLM.from_meliad(
+        str(tmp_path), **SIZES, **MODELS["model_bias_skip"]
+    )
+    np.testing.assert_allclose(
+        np.asarray(lm(g["tokens_seg1"])), g["logits_seg1"], atol=ATOL
+    )
+    with pytest.raises(ValueError, match="checkpoint_<step>"):
+        BlockRecurrentCausalLM.from_meliad(str(tmp_path / "nowhere"), **SIZES)
