@@ -40,7 +40,9 @@ def select(argv=None, default=None) -> str:
                 backend = json.load(f).get("backend")
     backend = backend or default or os.environ.get("KERAS_BACKEND") or "tensorflow"
     if backend not in BACKENDS:
-        sys.exit(f"--backend={backend!r} is not supported; use one of {', '.join(BACKENDS)}.")
+        sys.exit(
+            f"--backend={backend!r} is not supported; use one of {', '.join(BACKENDS)}."
+        )
     if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", backend) != backend:
         sys.exit(
             f"Keras was imported with backend {os.environ.get('KERAS_BACKEND')!r} before "

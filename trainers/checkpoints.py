@@ -1,7 +1,7 @@
 """Checkpoints: weights, optimizer, carried state, data position and step.
 
 Layout: ``<dir>/ckpt-<step:08d>/`` holding ``model.weights.h5``,
-``optimizer.npz``, ``stream_state.npz``, ``data.*`` (the tf.data iterator,
+``optimizer.npz``, ``stream_state.npz``, ``rng.npz`` (dropout seeds), ``data.*`` (the tf.data iterator,
 ``tf.train.Checkpoint``) and ``manifest.json`` (step, extra info and the
 SHA-256 of every file). A checkpoint is written into a temporary directory
 and renamed into place when complete, so a kill leaves either the old or the
@@ -34,6 +34,12 @@ def _sha256(path):
     return h.hexdigest()
 
 
+def _rng_variables(lm):
+    """Variables that are not weights: the dropout seed generators' states."""
+    weights = {id(v) for v in lm.weights}
+    return [v for v in lm.variables if id(v) not in weights]
+
+
 class CorruptCheckpoint(RuntimeError):
     pass
 
@@ -52,7 +58,9 @@ class CheckpointManager:
             for p in glob.glob(os.path.join(self.directory, PREFIX + "*"))
             if os.path.basename(p)[len(PREFIX) :].isdigit()
         ]
-        return sorted(paths, key=lambda p: int(os.path.basename(p)[len(PREFIX) :]), reverse=True)
+        return sorted(
+            paths, key=lambda p: int(os.path.basename(p)[len(PREFIX) :]), reverse=True
+        )
 
     def save(self, step, lm, optimizer, stream_state, iterator=None, extra=None):
         final = os.path.join(self.directory, f"{PREFIX}{step:08d}")
@@ -66,6 +74,13 @@ class CheckpointManager:
                 opt_values[f"{i:05d}"] = np.asarray(keras.ops.convert_to_numpy(v.value))
         np.savez(os.path.join(tmp, "optimizer.npz"), **opt_values)
         np.savez(os.path.join(tmp, "stream_state.npz"), **(stream_state or {}))
+        np.savez(
+            os.path.join(tmp, "rng.npz"),
+            **{
+                f"{i:05d}": np.asarray(keras.ops.convert_to_numpy(v.value))
+                for i, v in enumerate(_rng_variables(lm))
+            },
+        )
         if iterator is not None:
             tf.train.Checkpoint(iterator=iterator).write(os.path.join(tmp, "data"))
         files = {
@@ -115,8 +130,13 @@ class CheckpointManager:
                         for i, v in enumerate(optimizer.variables):
                             v.assign(opt[f"{i:05d}"])
                 state = dict(np.load(os.path.join(path, "stream_state.npz")))
+                rng = np.load(os.path.join(path, "rng.npz"))
+                for i, v in enumerate(_rng_variables(lm)):
+                    v.assign(rng[f"{i:05d}"])
                 if iterator is not None:
-                    tf.train.Checkpoint(iterator=iterator).read(os.path.join(path, "data")).assert_consumed()
+                    tf.train.Checkpoint(iterator=iterator).read(
+                        os.path.join(path, "data")
+                    ).assert_consumed()
                 logging.info("restored %s (step %d)", path, manifest["step"])
                 return manifest, state
             except Exception as e:  # noqa: BLE001 - any failure: report and fall back
@@ -133,5 +153,7 @@ class CheckpointManager:
                 lm.load_weights(os.path.join(path, "model.weights.h5"))
                 return path
             except Exception as e:  # noqa: BLE001
-                self.log(f"checkpoint {path} is corrupt or unreadable ({e}); using the previous one")
+                self.log(
+                    f"checkpoint {path} is corrupt or unreadable ({e}); using the previous one"
+                )
         return None

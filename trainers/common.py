@@ -33,9 +33,18 @@ class UsageError(ValueError):
 
 
 def define_common_flags():
-    flags.DEFINE_enum("backend", None, ["tensorflow", "jax"], "Keras backend (read before Keras loads).")
-    flags.DEFINE_string("model_dir", None, "Directory for config, checkpoints, logs, exports.")
-    flags.DEFINE_integer("cpu_devices", 1, "Split the CPU into this many devices (testing distribution).")
+    flags.DEFINE_enum(
+        "backend",
+        None,
+        ["tensorflow", "jax"],
+        "Keras backend (read before Keras loads).",
+    )
+    flags.DEFINE_string(
+        "model_dir", None, "Directory for config, checkpoints, logs, exports."
+    )
+    flags.DEFINE_integer(
+        "cpu_devices", 1, "Split the CPU into this many devices (testing distribution)."
+    )
     flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the corpus.")
     flags.DEFINE_string("tokenizer", None, "'bytes' or a SentencePiece .model path.")
     flags.DEFINE_integer("seed", 0, "Random seed (weights, data order).")
@@ -43,16 +52,30 @@ def define_common_flags():
 
 def define_train_flags():
     define_common_flags()
-    flags.DEFINE_string("preset", "rec_fixed_skip", f"Variant: {', '.join(presets.VARIANTS)}.")
+    flags.DEFINE_string(
+        "preset", "rec_fixed_skip", f"Variant: {', '.join(presets.VARIANTS)}."
+    )
     flags.DEFINE_string("size", "mini", f"Size: {', '.join(presets.SIZES)}.")
-    flags.DEFINE_string("corpus", "books", "books|papers|code or a TFDS name (pg19, ...).")
-    flags.DEFINE_string("text_feature", None, "Text feature of a catalog TFDS data set.")
+    flags.DEFINE_string(
+        "corpus", "books", "books|papers|code or a TFDS name (pg19, ...)."
+    )
+    flags.DEFINE_string(
+        "text_feature", None, "Text feature of a catalog TFDS data set."
+    )
     flags.DEFINE_string("split", "train", "Training split (TFDS slicing allowed).")
-    flags.DEFINE_integer("steps", 1000, "Training steps in total (resumed runs continue to it).")
-    flags.DEFINE_integer("batch_size", 8, "Global batch size (slots), split over replicas and hosts.")
-    flags.DEFINE_integer("segment_length", None, "Training segment L (default: the preset's).")
+    flags.DEFINE_integer(
+        "steps", 1000, "Training steps in total (resumed runs continue to it)."
+    )
+    flags.DEFINE_integer(
+        "batch_size", 8, "Global batch size (slots), split over replicas and hosts."
+    )
+    flags.DEFINE_integer(
+        "segment_length", None, "Training segment L (default: the preset's)."
+    )
     flags.DEFINE_enum("optimizer", "adafactor", ["adafactor", "adamw"], "Optimizer.")
-    flags.DEFINE_enum("schedule", "rsqrt", ["rsqrt", "cosine", "constant"], "Learning-rate schedule.")
+    flags.DEFINE_enum(
+        "schedule", "rsqrt", ["rsqrt", "cosine", "constant"], "Learning-rate schedule."
+    )
     flags.DEFINE_float(
         "learning_rate",
         None,
@@ -61,11 +84,17 @@ def define_train_flags():
     )
     flags.DEFINE_integer("warmup_steps", 1000, "Linear warmup steps.")
     flags.DEFINE_float("weight_decay", 0.0, "AdamW weight decay.")
-    flags.DEFINE_bool("mixed_precision", False, "mixed_bfloat16 (the recurrent state stays float32).")
+    flags.DEFINE_bool(
+        "mixed_precision", False, "mixed_bfloat16 (the recurrent state stays float32)."
+    )
     flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "Distribution strategy.")
     flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
-    flags.DEFINE_string("mesh", None, "jax_model_parallel mesh 'data,model' (default: 1,all devices).")
-    flags.DEFINE_string("coordinator_address", None, "JAX multi-host: host:port of process 0.")
+    flags.DEFINE_string(
+        "mesh", None, "jax_model_parallel mesh 'data,model' (default: 1,all devices)."
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "JAX multi-host: host:port of process 0."
+    )
     flags.DEFINE_integer("num_processes", 1, "JAX multi-host: number of processes.")
     flags.DEFINE_integer("process_id", 0, "JAX multi-host: this process.")
     flags.DEFINE_multi_string("override", [], "Model config key=value (repeatable).")
@@ -78,7 +107,9 @@ def define_train_flags():
 
 def parse_override(text):
     if "=" not in text:
-        raise UsageError(f"--override {text!r}: write key=value, e.g. --override dropout=0.0")
+        raise UsageError(
+            f"--override {text!r}: write key=value, e.g. --override dropout=0.0"
+        )
     key, value = text.split("=", 1)
     try:
         value = ast.literal_eval(value)
@@ -92,9 +123,13 @@ def parse_override(text):
 def resolve_model_config(preset, size, overrides, segment_length=None):
     """Backbone config + segment_length, with errors that name the fix."""
     if preset not in presets.VARIANTS:
-        raise UsageError(f"--preset={preset!r} is unknown; choose one of: {', '.join(presets.VARIANTS)}.")
+        raise UsageError(
+            f"--preset={preset!r} is unknown; choose one of: {', '.join(presets.VARIANTS)}."
+        )
     if size not in presets.SIZES:
-        raise UsageError(f"--size={size!r} is unknown; choose one of: {', '.join(presets.SIZES)}.")
+        raise UsageError(
+            f"--size={size!r} is unknown; choose one of: {', '.join(presets.SIZES)}."
+        )
     over = dict(parse_override(o) for o in overrides)
     if segment_length:
         over["segment_length"] = segment_length
@@ -118,12 +153,19 @@ def build_lm(model_config, seed):
     from brt_keras.models.block_recurrent_backbone import BlockRecurrentBackbone
 
     keras.utils.set_random_seed(seed)
-    return BlockRecurrentCausalLM(BlockRecurrentBackbone(**config), segment_length=segment)
+    return BlockRecurrentCausalLM(
+        BlockRecurrentBackbone(**config), segment_length=segment
+    )
 
 
-def make_optimizer(name, schedule, learning_rate, warmup_steps, steps, weight_decay=0.0):
+def make_optimizer(
+    name, schedule, learning_rate, warmup_steps, steps, weight_decay=0.0
+):
     if schedule == "rsqrt":
-        lr = RsqrtWarmup(base=1.0 if learning_rate is None else learning_rate, warmup_steps=warmup_steps)
+        lr = RsqrtWarmup(
+            base=1.0 if learning_rate is None else learning_rate,
+            warmup_steps=warmup_steps,
+        )
     elif schedule == "cosine":
         peak = learning_rate or (0.01 if name == "adafactor" else 1e-3)
         lr = WarmupCosine(peak=peak, total_steps=steps, warmup_steps=warmup_steps)
@@ -157,8 +199,20 @@ def to_model_inputs(batch):
 __all__ = ["shift_targets", "loss_weights"]
 
 
-def open_dataset(corpus, split, *, segment_length, batch_size, tokenizer, data_dir, seed,
-                 shard_index=0, num_shards=1, repeat=True, text_feature=None):
+def open_dataset(
+    corpus,
+    split,
+    *,
+    segment_length,
+    batch_size,
+    tokenizer,
+    data_dir,
+    seed,
+    shard_index=0,
+    num_shards=1,
+    repeat=True,
+    text_feature=None,
+):
     import data
 
     try:
@@ -195,7 +249,9 @@ def write_json(path, obj):
 def read_config(model_dir):
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
-        raise UsageError(f"{path} not found: --model_dir must be a directory written by trainers.train.")
+        raise UsageError(
+            f"{path} not found: --model_dir must be a directory written by trainers.train."
+        )
     with open(path) as f:
         return json.load(f)
 
@@ -211,7 +267,9 @@ def load_lm(model_dir):
 
     manager = CheckpointManager(os.path.join(model_dir, "checkpoints"))
     if not manager.load_weights_only(lm):
-        raise UsageError(f"no model.keras and no readable checkpoint in {model_dir}; train first.")
+        raise UsageError(
+            f"no model.keras and no readable checkpoint in {model_dir}; train first."
+        )
     return lm
 
 
@@ -235,17 +293,32 @@ class Setup:
         return contextlib.nullcontext()
 
 
-def setup_distribution(strategy, backend, *, cpu_devices=1, tpu=None, mesh=None,
-                       coordinator_address=None, num_processes=1, process_id=0):
+def setup_distribution(
+    strategy,
+    backend,
+    *,
+    cpu_devices=1,
+    tpu=None,
+    mesh=None,
+    coordinator_address=None,
+    num_processes=1,
+    process_id=0,
+):
     if strategy in ("mirrored", "tpu") and backend != "tensorflow":
-        raise UsageError(f"--strategy={strategy} needs --backend=tensorflow (or use jax_data_parallel with JAX).")
+        raise UsageError(
+            f"--strategy={strategy} needs --backend=tensorflow (or use jax_data_parallel with JAX)."
+        )
     if strategy.startswith("jax_") and backend != "jax":
         raise UsageError(f"--strategy={strategy} needs --backend=jax.")
     if num_processes > 1 and backend != "jax":
-        raise UsageError("several processes (--num_processes) need --backend=jax and a jax_* strategy.")
+        raise UsageError(
+            "several processes (--num_processes) need --backend=jax and a jax_* strategy."
+        )
     if strategy == "default":
         if num_processes > 1:
-            raise UsageError("--num_processes > 1 needs --strategy=jax_data_parallel or jax_model_parallel.")
+            raise UsageError(
+                "--num_processes > 1 needs --strategy=jax_data_parallel or jax_model_parallel."
+            )
         return Setup()
     if strategy == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
@@ -274,7 +347,9 @@ def setup_distribution(strategy, backend, *, cpu_devices=1, tpu=None, mesh=None,
         import jax
 
         if coordinator_address is None:
-            raise UsageError("--num_processes > 1 needs --coordinator_address=host:port (process 0).")
+            raise UsageError(
+                "--num_processes > 1 needs --coordinator_address=host:port (process 0)."
+            )
         if jax.default_backend() == "cpu":
             try:
                 jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -283,11 +358,15 @@ def setup_distribution(strategy, backend, *, cpu_devices=1, tpu=None, mesh=None,
         keras.distribution.initialize(coordinator_address, num_processes, process_id)
     devices = keras.distribution.list_devices()
     if strategy == "jax_data_parallel":
-        dist = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
+        dist = keras.distribution.DataParallel(
+            devices=devices, auto_shard_dataset=False
+        )
     else:
         shape = tuple(int(v) for v in mesh.split(",")) if mesh else (1, len(devices))
         if int(np.prod(shape)) != len(devices):
-            raise UsageError(f"--mesh={mesh} has {int(np.prod(shape))} devices; there are {len(devices)}.")
+            raise UsageError(
+                f"--mesh={mesh} has {int(np.prod(shape))} devices; there are {len(devices)}."
+            )
         device_mesh = keras.distribution.DeviceMesh(shape, ["batch", "model"], devices)
         layout = keras.distribution.LayoutMap(device_mesh)
         layout[".*(queries|keys|values|queries2)_layer/kernel"] = (None, "model")
@@ -328,7 +407,10 @@ def get_stream_state(model, training=True):
             out[v.name] = np.concatenate([p.numpy() for p in parts], axis=0)
         else:
             value = v.value
-            if hasattr(value, "is_fully_addressable") and not value.is_fully_addressable:
+            if (
+                hasattr(value, "is_fully_addressable")
+                and not value.is_fully_addressable
+            ):
                 value = value.addressable_data(0)
             out[v.name] = np.asarray(keras.ops.convert_to_numpy(value))
     return out

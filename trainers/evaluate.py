@@ -35,8 +35,12 @@ common.define_common_flags()
 flags.DEFINE_string("corpus", None, "Corpus (default: the training corpus).")
 flags.DEFINE_string("split", "test", "Split to evaluate.")
 flags.DEFINE_integer("batch_size", 4, "Documents streamed in parallel.")
-flags.DEFINE_integer("max_segments", 0, "Stop after this many batches (0: all documents).")
-flags.DEFINE_string("output", None, "JSON path (default <model_dir>/eval_<split>.json).")
+flags.DEFINE_integer(
+    "max_segments", 0, "Stop after this many batches (0: all documents)."
+)
+flags.DEFINE_string(
+    "output", None, "JSON path (default <model_dir>/eval_<split>.json)."
+)
 
 
 def segment_nll(model, x):
@@ -116,7 +120,10 @@ def evaluate():
         if FLAGS.max_segments and segments >= FLAGS.max_segments:
             complete = False
             break
-        x = {"token_ids": batch["token_ids"].numpy(), "start_of_sequence": batch["start_of_sequence"].numpy()}
+        x = {
+            "token_ids": batch["token_ids"].numpy(),
+            "start_of_sequence": batch["start_of_sequence"].numpy(),
+        }
         nll, count = step(x)
         total_nll += float(np.sum(keras.ops.convert_to_numpy(nll)))
         total_tokens += float(np.sum(keras.ops.convert_to_numpy(count)))

@@ -37,7 +37,9 @@ from trainers import common  # noqa: E402
 
 FLAGS = flags.FLAGS
 common.define_common_flags()
-flags.DEFINE_string("export_dir", None, "Output directory (default <model_dir>/export).")
+flags.DEFINE_string(
+    "export_dir", None, "Output directory (default <model_dir>/export)."
+)
 
 
 def state_names(template):
@@ -64,7 +66,9 @@ def export_lm(lm, export_dir):
     template = lm.get_initial_state(1)
     names = state_names(template)
     state_spec = {
-        n: tf.TensorSpec((None,) + tuple(template[layer][key].shape[1:]), tf.float32, name=n)
+        n: tf.TensorSpec(
+            (None,) + tuple(template[layer][key].shape[1:]), tf.float32, name=n
+        )
         for n, (layer, key) in names.items()
     }
 
@@ -75,7 +79,10 @@ def export_lm(lm, export_dir):
         return nested
 
     def to_flat(nested):
-        return {n: tf.cast(nested[layer][key], tf.float32) for n, (layer, key) in names.items()}
+        return {
+            n: tf.cast(nested[layer][key], tf.float32)
+            for n, (layer, key) in names.items()
+        }
 
     def serve(token_ids):
         length = tf.shape(token_ids)[1]
@@ -90,7 +97,9 @@ def export_lm(lm, export_dir):
 
     def stream(token_ids, state):
         tf.debugging.assert_equal(
-            tf.shape(token_ids)[1] % w, 0, message=f"stream: token_ids length must be a multiple of {w}"
+            tf.shape(token_ids)[1] % w,
+            0,
+            message=f"stream: token_ids length must be a multiple of {w}",
         )
         logits, new_state = lm.call_with_state(token_ids, to_nested(state))
         return {"logits": logits, **to_flat(new_state)}
@@ -100,7 +109,9 @@ def export_lm(lm, export_dir):
     ids_spec = tf.TensorSpec((None, None), tf.int32, name="token_ids")
     archive.add_endpoint("serve", serve, input_signature=[ids_spec])
     archive.add_endpoint(
-        "initial_state", initial_state, input_signature=[tf.TensorSpec((), tf.int32, name="batch_size")]
+        "initial_state",
+        initial_state,
+        input_signature=[tf.TensorSpec((), tf.int32, name="batch_size")],
     )
     archive.add_endpoint("stream", stream, input_signature=[ids_spec, state_spec])
     path = os.path.join(export_dir, "saved_model")
@@ -133,7 +144,9 @@ def export():
     if not FLAGS.model_dir:
         raise common.UsageError("--model_dir is required.")
     if keras.backend.backend() != "tensorflow":
-        raise common.UsageError("export runs on --backend=tensorflow (the .keras file is backend-independent).")
+        raise common.UsageError(
+            "export runs on --backend=tensorflow (the .keras file is backend-independent)."
+        )
     lm = common.load_lm(FLAGS.model_dir)
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.model_dir, "export")
     os.makedirs(export_dir, exist_ok=True)

@@ -44,7 +44,11 @@ def generate(out=sys.stdout):
         prompt_ids[None], FLAGS.max_new_tokens, sampler=FLAGS.sampler, seed=FLAGS.seed
     ):
         ids.append(int(keras.ops.convert_to_numpy(token)[0]))
-        text = tok.detokenize(np.asarray(ids, "int32")).numpy().decode("utf-8", errors="ignore")
+        text = (
+            tok.detokenize(np.asarray(ids, "int32"))
+            .numpy()
+            .decode("utf-8", errors="ignore")
+        )
         if len(text) > len(shown):
             out.write(text[len(shown) :])
             out.flush()

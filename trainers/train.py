@@ -58,7 +58,11 @@ class StepLogger(keras.callbacks.Callback):
         self._prev_mean = mean
         step = self.start_step + batch + 1
         elapsed = time.time() - self._t0
-        rec = {"step": step, "loss": loss, "tokens_per_second": self.batch_tokens * (batch + 1) / max(elapsed, 1e-9)}
+        rec = {
+            "step": step,
+            "loss": loss,
+            "tokens_per_second": self.batch_tokens * (batch + 1) / max(elapsed, 1e-9),
+        }
         lr = self.model.optimizer.learning_rate
         rec["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
         self.records.append(rec)
@@ -114,7 +118,9 @@ def plot_history(records, path, title):
 
 def resolved_config():
     backend = keras.backend.backend()
-    model_config = common.resolve_model_config(FLAGS.preset, FLAGS.size, FLAGS.override, FLAGS.segment_length)
+    model_config = common.resolve_model_config(
+        FLAGS.preset, FLAGS.size, FLAGS.override, FLAGS.segment_length
+    )
     vocab = common.tokenizer_vocabulary(FLAGS.tokenizer)
     if vocab > model_config["vocabulary_size"]:
         raise common.UsageError(
@@ -156,7 +162,9 @@ def resolved_config():
 
 def train():
     if not FLAGS.model_dir:
-        raise common.UsageError("--model_dir is required (where config, checkpoints and logs go).")
+        raise common.UsageError(
+            "--model_dir is required (where config, checkpoints and logs go)."
+        )
     config = resolved_config()
     if keras.backend.backend() == "tensorflow":
         from trainers.backend import configure_tf_devices
@@ -180,10 +188,18 @@ def train():
             f"{r}, e.g. --batch_size={max(r, global_batch // r * r)}."
         )
     if global_batch % setup.process_count:
-        raise common.UsageError(f"--batch_size must be divisible by --num_processes={setup.process_count}.")
+        raise common.UsageError(
+            f"--batch_size must be divisible by --num_processes={setup.process_count}."
+        )
     host_batch = global_batch // setup.process_count
-    state_batch = global_batch // setup.num_replicas if setup.strategy is not None else global_batch
-    config.update(num_replicas=setup.num_replicas, host_batch=host_batch, state_batch=state_batch)
+    state_batch = (
+        global_batch // setup.num_replicas
+        if setup.strategy is not None
+        else global_batch
+    )
+    config.update(
+        num_replicas=setup.num_replicas, host_batch=host_batch, state_batch=state_batch
+    )
     model_dir = FLAGS.model_dir
     if setup.process_count > 1:
         model_dir = os.path.join(model_dir, f"process_{setup.process_index}")
@@ -211,14 +227,26 @@ def train():
         lm = common.build_lm(config["model"], FLAGS.seed)
         model = common.build_stream_model(lm, state_batch)
         optimizer = common.make_optimizer(
-            FLAGS.optimizer, FLAGS.schedule, FLAGS.learning_rate, FLAGS.warmup_steps, FLAGS.steps, FLAGS.weight_decay
+            FLAGS.optimizer,
+            FLAGS.schedule,
+            FLAGS.learning_rate,
+            FLAGS.warmup_steps,
+            FLAGS.steps,
+            FLAGS.weight_decay,
         )
-        model.compile(optimizer=optimizer, loss=common.training_loss(), jit_compile="auto")
+        model.compile(
+            optimizer=optimizer, loss=common.training_loss(), jit_compile="auto"
+        )
         optimizer.build(model.trainable_variables)
 
-    manager = CheckpointManager(os.path.join(model_dir, "checkpoints"), keep=FLAGS.keep_checkpoints,
-                                log=lambda m: print(f"WARNING: {m}", file=sys.stderr, flush=True))
-    manifest, state = manager.restore(lm, optimizer, iterator, model.trainable_variables)
+    manager = CheckpointManager(
+        os.path.join(model_dir, "checkpoints"),
+        keep=FLAGS.keep_checkpoints,
+        log=lambda m: print(f"WARNING: {m}", file=sys.stderr, flush=True),
+    )
+    manifest, state = manager.restore(
+        lm, optimizer, iterator, model.trainable_variables
+    )
     step = 0
     if manifest is not None:
         step = manifest["step"]
@@ -226,7 +254,11 @@ def train():
         print(f"Resuming from step {step} ({manager.checkpoints()[0]})", flush=True)
     history_path = os.path.join(model_dir, "history.jsonl")
     read_history(history_path, step)
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard")) if setup.process_index == 0 else None
+    writer = (
+        tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
+        if setup.process_index == 0
+        else None
+    )
     logger = StepLogger(history_path, writer, global_batch * L)
     n_params = sum(int(np.prod(v.shape)) for v in lm.trainable_weights)
     print(
@@ -242,8 +274,13 @@ def train():
         next_ckpt = (step // FLAGS.checkpoint_every + 1) * FLAGS.checkpoint_every
         n = min(chunk, FLAGS.steps - step, next_ckpt - step)
         batches = [next(iterator) for _ in range(n)]
-        stacked = {k: np.stack([b[k].numpy() for b in batches]) for k in ("token_ids", "start_of_sequence")}
-        chunk_ds = tf.data.Dataset.from_tensor_slices(stacked).map(common.to_model_inputs)
+        stacked = {
+            k: np.stack([b[k].numpy() for b in batches])
+            for k in ("token_ids", "start_of_sequence")
+        }
+        chunk_ds = tf.data.Dataset.from_tensor_slices(stacked).map(
+            common.to_model_inputs
+        )
         logger.start_step = step
         epoch = step // chunk
         model.fit(
@@ -273,7 +310,11 @@ def train():
     lm.save(keras_path)
     plot_path = os.path.join(model_dir, "loss_curve.png")
     if FLAGS.save_plot and records:
-        plot_history(records, plot_path, f"{config['preset']}/{config['size']} on {config['corpus']}")
+        plot_history(
+            records,
+            plot_path,
+            f"{config['preset']}/{config['size']} on {config['corpus']}",
+        )
     summary = {
         "steps": step,
         "steps_this_run": step - start_step,
