@@ -4,7 +4,7 @@
 compiled forward (`call_with_state`), carrying its state; the comparison is a
 full-causal-attention model of the same size (the XL layer with a window
 equal to the whole sequence, one segment: attention cost O(T^2)). Full
-attention is run only up to `--full-max` tokens (its [H, T, 2T] score tensor
+attention is run only at `--full-lengths` (its [H, T, 2T] score tensor
 outgrows this machine's memory beyond that). Target: rec per-token cost at
 the longest length within 1.1x of the shortest, memory flat.
 
@@ -52,10 +52,14 @@ def main(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--size", default="small_37m")
     parser.add_argument("--lengths", default="4096,8192,16384,32768,65536")
-    parser.add_argument("--full-max", type=int, default=8192)
+    parser.add_argument(
+        "--full-lengths",
+        default="1024,2048,4096",
+        help="lengths for the full-attention model (O(T^2) memory)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.lengths, args.full_max = "tiny", "64,128,256,512", 128
+        args.size, args.lengths, args.full_lengths = "tiny", "64,128,256,512", "64,128"
     import keras
 
     lengths = [int(v) for v in args.lengths.split(",")]
@@ -80,7 +84,7 @@ def main(argv=None):
         )
         common.log(f"  {1e6 * s / length:.1f} us/token, +{mem / 2**20:.0f} MiB")
     del rec
-    for length in [n for n in lengths if n <= args.full_max]:
+    for length in [int(v) for v in args.full_lengths.split(",") if v]:
         common.log(f"[scaling] full attention {args.size} {length} tokens ...")
         keras.utils.set_random_seed(args.seed)
         full = common.build_lm("xl_512", args.size, block_size=length)
@@ -114,7 +118,8 @@ def main(argv=None):
         f"{'met' if ratio <= 1.1 else 'NOT met'})",
         f"rec_fixed_skip peak extra memory change {mem_growth:+.0f} MiB from the "
         "shortest to the longest run (flat means independent of length)",
-        f"full attention run up to {args.full_max} tokens only (O(T^2) memory)",
+        f"full attention run at {args.full_lengths} tokens only (its O(T^2) "
+        "score tensors outgrow this machine's memory beyond that)",
     ]
 
     fig, axes = common.new_figure(ncols=2, width=5.5)

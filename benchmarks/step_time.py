@@ -31,12 +31,13 @@ SETTINGS = {
 }
 
 
-def measure(variant, size, window, tokens, steps, seed=0):
+def measure(variant, size, window, tokens, steps, seed=0, dropout=None):
     """Compile time and per-step seconds of one preset's train step."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    lm = common.build_lm(variant, size, window=window)
+    overrides = {} if dropout is None else {"dropout": dropout}
+    lm = common.build_lm(variant, size, window=window, **overrides)
     segment = lm.segment_length
     batch = max(1, tokens // segment)
     step = common.TrainStep(lm)
@@ -75,22 +76,71 @@ def measure(variant, size, window, tokens, steps, seed=0):
         "step_min_s": float(np.min(times)),
         "model_tflops_per_step": flops_lib.train_flops(b, batch * segment) / 1e12,
         "loss": float(np.asarray(loss)),
+        "dropout": lm.backbone.dropout,
     }
 
 
-def run_setting(name, variants, steps, seed):
+def measure_isolated(variant, size, window, tokens, steps, seed, dropout):
+    """`measure` in a fresh process: memory is returned between presets and
+    a preset that is killed (out of memory) is recorded, not fatal."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        spec = json.dumps([variant, size, window, tokens, steps, seed, dropout])
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.step_time",
+                "--_single",
+                spec,
+                "--_single-out",
+                out.name,
+            ],
+            cwd=common.REPO_ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode:
+            why = (
+                "killed (out of memory?)"
+                if proc.returncode in (-9, 137)
+                else (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+            )
+            return {
+                "variant": variant,
+                "size": size,
+                "error": f"exit {proc.returncode}: {why}",
+                "step_s": float("nan"),
+                "step_min_s": float("nan"),
+                "dropout": dropout,
+            }
+        with open(out.name) as f:
+            return json.load(f)
+
+
+def run_setting(name, variants, steps, seed, dropout=None):
     size, window, tokens = SETTINGS[name]
     rows = []
     for variant in variants:
         common.log(f"[step_time:{name}] {variant} ({size}, W={window}) ...")
-        r = measure(variant, size, window, tokens, steps, seed)
+        r = measure_isolated(variant, size, window, tokens, steps, seed, dropout)
         r["setting"] = name
+        if "error" in r:
+            common.log(f"  failed: {r['error']}")
+            rows.append(r)
+            continue
         common.log(
             f"  step {r['step_s']:.3f}s (times {np.round(r['step_times_s'], 3)}), "
             f"compile+first {r['compile_and_first_step_s']:.1f}s"
         )
         rows.append(r)
-    base = next((r for r in rows if r["variant"] == "slide_13"), None)
+    base = next(
+        (r for r in rows if r["variant"] == "slide_13" and "error" not in r), None
+    )
     for r in rows:
         r["relative_to_slide_13"] = r["step_s"] / base["step_s"] if base else None
         r["relative_min_to_slide_13"] = (
@@ -116,7 +166,9 @@ def plot(all_rows, out_dir):
     fig, axes = common.new_figure(ncols=len(settings), width=7)
     axes = np.atleast_1d(axes)
     for ax, name in zip(axes, settings):
-        rows = [r for r in all_rows if r["setting"] == name]
+        rows = [r for r in all_rows if r["setting"] == name and "error" not in r]
+        if not rows:
+            continue
         labels = [r["variant"] for r in rows]
         ours = [r["relative_to_slide_13"] or 0 for r in rows]
         paper = [common.PAPER_STEP_TIME.get(v, np.nan) for v in labels]
@@ -136,6 +188,12 @@ def plot(all_rows, out_dir):
     return common.save_figure(fig, "step_time", out_dir)
 
 
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
 def main(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument(
@@ -147,7 +205,21 @@ def main(argv=None):
         help="comma list (default: key presets for the issue setting, all for scaled)",
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per preset")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="override the presets' dropout (0.05); 0 removes the RNG cost",
+    )
+    parser.add_argument("--_single", default=None, help=argparse_suppress())
+    parser.add_argument("--_single-out", default=None, help=argparse_suppress())
     args = parser.parse_args(argv)
+    if args._single:
+        import json
+
+        with open(args._single_out, "w") as f:
+            json.dump(measure(*json.loads(args._single)), f)
+        return
 
     plan = []
     chosen = args.presets.split(",") if args.presets else None
@@ -162,7 +234,7 @@ def main(argv=None):
 
     all_rows, target_results = [], {}
     for name, variants in plan:
-        rows = run_setting(name, variants, args.steps, args.seed)
+        rows = run_setting(name, variants, args.steps, args.seed, args.dropout)
         all_rows.extend(rows)
         target_results[name] = {
             k: {"value": v, "met": met} for k, (v, met) in targets(rows).items()
@@ -181,19 +253,24 @@ def main(argv=None):
         "model TFLOP/step",
         "compile s",
     ]
+
+    def cell(r, key):
+        return r.get(key, r.get("error") if key == "step_s" else None)
+
     table_rows = [
         [
             r["setting"],
             r["variant"],
-            r["window"],
-            f"{r['segment']}x{r['batch']}",
-            r["layers"],
-            r["step_s"],
-            r["step_min_s"],
-            r["relative_to_slide_13"],
+            cell(r, "window"),
+            f"{r.get('segment')}x{r.get('batch')}",
+            cell(r, "layers"),
+            r.get("dropout"),
+            cell(r, "step_s"),
+            cell(r, "step_min_s"),
+            cell(r, "relative_to_slide_13"),
             common.PAPER_STEP_TIME.get(r["variant"]),
-            r["model_tflops_per_step"],
-            r["compile_and_first_step_s"],
+            cell(r, "model_tflops_per_step"),
+            cell(r, "compile_and_first_step_s"),
         ]
         for r in all_rows
     ]

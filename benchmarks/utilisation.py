@@ -57,6 +57,9 @@ def main(argv=None):
     parser.add_argument("--setting", default="issue", choices=["issue", "scaled"])
     parser.add_argument("--presets", default="rec_fixed_skip,slide_13")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--dropouts", default="0.05,0", help="dropout rates to measure (0.05 = presets)"
+    )
     args = parser.parse_args(argv)
     setting = "quick" if args.quick else args.setting
     size, window, tokens = step_time.SETTINGS[setting]
@@ -66,10 +69,13 @@ def main(argv=None):
 
     before = matmul_flops_per_s(sizes)
     rows, results = [], []
-    for variant in args.presets.split(","):
-        common.log(f"[utilisation] {variant} {size} W={window} ...")
-        r = step_time.measure(variant, size, window, tokens, args.steps, args.seed)
-        results.append(r)
+    for dropout in [float(v) for v in args.dropouts.split(",")]:
+        for variant in args.presets.split(","):
+            common.log(f"[utilisation] {variant} {size} W={window} dropout {dropout}")
+            r = step_time.measure(
+                variant, size, window, tokens, args.steps, args.seed, dropout
+            )
+            results.append(r)
     after = matmul_flops_per_s(sizes)
     peak = max(max(before.values()), max(after.values()))
     for r in results:
@@ -89,7 +95,7 @@ def main(argv=None):
                 r["utilisation"],
             ]
         )
-    util = {r["variant"]: r["utilisation"] for r in results}
+    util = {f"{r['variant']} dropout {r['dropout']}": r["utilisation"] for r in results}
     notes = [
         f"{v}: utilisation {u:.3f} (target >= 0.5: {'met' if u >= 0.5 else 'NOT met'})"
         for v, u in util.items()
@@ -101,7 +107,7 @@ def main(argv=None):
         + ", ".join(f"{n}: {f / 1e9:.0f}" for n, f in after.items())
     )
     fig, ax = common.new_figure()
-    labels = [r["variant"] for r in results]
+    labels = [f"{r['variant']}\ndropout {r['dropout']}" for r in results]
     ax.bar(labels, [r["model_flops_per_s"] / 1e9 for r in results], label="model")
     ax.axhline(peak / 1e9, color="k", ls="--", label="dense matmul peak")
     ax.axhline(0.5 * peak / 1e9, color="r", ls=":", label="target (50%)")
