@@ -28,5 +28,32 @@ lint: venv
 	$(BIN)/ruff check brt_keras trainers data tests benchmarks
 	$(BIN)/ruff format --check brt_keras trainers data tests benchmarks
 
+# The main job: build the offline books corpus, train a small BRT on CPU,
+# evaluate, sample, export. Override e.g. `make train TRAIN_STEPS=100`.
+RUN_DIR ?= runs/brt_mini
+DATA_DIR ?= artifacts/data
+TRAIN_STEPS ?= 500
+TRAIN_FLAGS ?= --preset rec_fixed_skip --size mini --batch_size 8 --warmup_steps 100 \
+	--checkpoint_every 100 --chunk_steps 100
+train: venv
+	$(BIN)/python -m data.fetch_corpora --out $(DATA_DIR)/raw --corpus books
+	$(BIN)/python -m data.build --corpus books --raw_dir $(DATA_DIR)/raw --data_dir $(DATA_DIR)/tfds
+	$(BIN)/python -m trainers.train --model_dir $(RUN_DIR) --corpus books \
+		--data_dir $(DATA_DIR)/tfds --steps $(TRAIN_STEPS) $(TRAIN_FLAGS)
+	$(BIN)/python -m trainers.evaluate --model_dir $(RUN_DIR) --batch_size 8 --max_segments 200
+	$(BIN)/python -m trainers.generate --model_dir $(RUN_DIR) --prompt "It is a truth" \
+		--max_new_tokens 300 --sampler top_p --seed 0
+	$(BIN)/python -m trainers.export --model_dir $(RUN_DIR)
+	@echo
+	@echo "Done. Everything is under $(RUN_DIR):"
+	@echo "  config.json            resolved configuration"
+	@echo "  model.keras            trained model (keras.saving.load_model)"
+	@echo "  checkpoints/           resumable checkpoints (re-run to continue)"
+	@echo "  loss_curve.png         training loss"
+	@echo "  tensorboard/           tensorboard --logdir $(RUN_DIR)/tensorboard"
+	@echo "  eval_test.json         bits/token, bits/byte, word perplexity"
+	@echo "  export/saved_model     SavedModel (serve, stream, initial_state)"
+	@echo "  corpus: $(DATA_DIR)/tfds"
+
 clean:
 	rm -rf $(VENV) runs artifacts

@@ -191,7 +191,11 @@ def to_model_inputs(batch):
     ids = batch["token_ids"]
     targets = tf.pad(ids[:, 1:], [[0, 0], [0, 1]])
     weights = tf.cast(tf.logical_and(ids > 0, targets > 0), tf.float32)
-    x = {"token_ids": ids, "start_of_sequence": batch["start_of_sequence"]}
+    # int32, not bool: MirroredStrategy cannot split bool tensors over replicas.
+    x = {
+        "token_ids": ids,
+        "start_of_sequence": tf.cast(batch["start_of_sequence"], tf.int32),
+    }
     return x, targets, weights
 
 
@@ -350,11 +354,10 @@ def setup_distribution(
             raise UsageError(
                 "--num_processes > 1 needs --coordinator_address=host:port (process 0)."
             )
-        if jax.default_backend() == "cpu":
-            try:
-                jax.config.update("jax_cpu_collectives_implementation", "gloo")
-            except Exception:  # noqa: BLE001 - older/newer JAX pick it themselves
-                pass
+        try:  # CPU collectives between processes (tests, CPU clusters); must not touch devices yet
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        except Exception:  # noqa: BLE001 - JAX versions that choose it themselves
+            pass
         keras.distribution.initialize(coordinator_address, num_processes, process_id)
     devices = keras.distribution.list_devices()
     if strategy == "jax_data_parallel":
@@ -372,7 +375,7 @@ def setup_distribution(
         layout[".*(queries|keys|values|queries2)_layer/kernel"] = (None, "model")
         layout[".*ffn_hidden0/kernel"] = (None, "model")
         layout[".*ffn_output_layer/kernel"] = ("model", None)
-        layout[".*output_layer/kernel"] = ("model", None)
+        layout[".*/(state_)?output_layer/kernel"] = ("model", None)
         dist = keras.distribution.ModelParallel(
             layout_map=layout, batch_dim_name="batch", auto_shard_dataset=False
         )
