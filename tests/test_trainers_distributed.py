@@ -166,7 +166,7 @@ def test_two_jax_processes(data_dir, tmp_path, jax_single):
             )
         )
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
     # Process p's local slot b reads the documents of the single run's slot
     # 2b + p; the global batch is process-major: [p0b0, p0b1, p1b0, p1b1].
