@@ -57,3 +57,13 @@ train: venv
 
 clean:
 	rm -rf $(VENV) runs artifacts
+
+# Benchmarks (benchmarks/README.md): tables on stdout, JSON + PNG in
+# benchmarks/results/. `make bench BENCH_FLAGS=--quick` for a smoke run.
+BENCH_FLAGS ?=
+BENCH_SCRIPTS := step_time utilisation scaling generation peer_pytorch \
+	long_range_recall corpus_ranking
+bench: venv
+	for s in $(BENCH_SCRIPTS); do \
+		PYTHONPATH=. $(BIN)/python -m benchmarks.$$s $(BENCH_FLAGS) || exit 1; \
+	done

@@ -89,7 +89,8 @@ def train_eval(variant, corpus, args):
         losses.append(float(np.asarray(loss)))
     train_s = time.perf_counter() - t0
     forward = common.forward_fn(lm)
-    eval_batch = max(1, args.eval_tokens_per_step // segment)
+    # Few slots: the books test split holds only 5 documents.
+    eval_batch = min(args.eval_slots, max(1, args.eval_tokens_per_step // segment))
     state = lm.get_initial_state(eval_batch)
     nats = count = 0.0
     budget = args.eval_tokens
@@ -138,6 +139,7 @@ def main(argv=None):
     parser.add_argument("--tokens-per-step", type=int, default=1024)
     parser.add_argument("--eval-tokens", type=int, default=65536)
     parser.add_argument("--eval-tokens-per-step", type=int, default=1024)
+    parser.add_argument("--eval-slots", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
         "--data-dir", default=os.path.join(common.REPO_ROOT, "tfds_data")
