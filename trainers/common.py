@@ -216,6 +216,7 @@ def open_dataset(
     num_shards=1,
     repeat=True,
     text_feature=None,
+    documents=None,
 ):
     import data
 
@@ -232,6 +233,7 @@ def open_dataset(
             num_shards=num_shards,
             repeat=repeat,
             text_feature=text_feature,
+            documents=documents,
         )
     except data.DatasetNotPreparedError as e:
         raise UsageError(str(e)) from e

@@ -98,19 +98,30 @@ def evaluate():
     config = common.read_config(FLAGS.model_dir)
     lm = common.load_lm(FLAGS.model_dir)
     corpus = FLAGS.corpus or config["corpus"]
+    import data
+
+    data_dir = FLAGS.data_dir or config["data_dir"]
+    try:
+        documents = data.load_documents(
+            corpus, FLAGS.split, data_dir, config.get("text_feature")
+        ).texts
+    except data.DatasetNotPreparedError as e:
+        raise common.UsageError(str(e)) from e
+    batch_size = max(1, min(FLAGS.batch_size, len(documents)))
     dataset = common.open_dataset(
         corpus,
         FLAGS.split,
         segment_length=lm.segment_length,
-        batch_size=FLAGS.batch_size,
+        batch_size=batch_size,
         tokenizer=FLAGS.tokenizer or config["tokenizer"],
         data_dir=FLAGS.data_dir or config["data_dir"],
         seed=0,
         repeat=False,
         text_feature=config.get("text_feature"),
+        documents=documents,
     )
     store = getattr(dataset, "document_store", None)
-    model = common.build_stream_model(lm, FLAGS.batch_size)
+    model = common.build_stream_model(lm, batch_size)
     step, sync = make_step(model)
     total_nll = total_tokens = total_bytes = 0.0
     segments = 0

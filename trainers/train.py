@@ -282,6 +282,8 @@ def train():
             common.to_model_inputs
         )
         logger.start_step = step
+        if FLAGS.verbose:
+            print(f"steps {step + 1}-{step + n} of {FLAGS.steps}", flush=True)
         epoch = step // chunk
         model.fit(
             chunk_ds,
