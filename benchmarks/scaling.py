@@ -8,12 +8,14 @@ attention is run only at `--full-lengths` (its [H, T, 2T] score tensor
 outgrows this machine's memory beyond that). Target: rec per-token cost at
 the longest length within 1.1x of the shortest, memory flat.
 
-Memory is the process' peak resident set above its level just before the
-measured run (after compilation), sampled every 5 ms.
+Every (model, length) runs in a fresh process; memory is that process'
+peak resident set (sampled every 5 ms) above its level after building the
+model, compilation and a warm-up segment included.
 
     python -m benchmarks.scaling [--quick] [--lengths 4096,...,65536]
 """
 
+import argparse
 import time
 
 import numpy as np
@@ -22,15 +24,18 @@ from benchmarks import common
 
 
 def stream(lm, length, seed):
+    """Streams `length` random tokens; returns seconds, peak extra RSS
+    (bytes above the level after building the model, compilation and
+    warm-up included), absolute peak RSS and carried-state bytes."""
     rng = np.random.default_rng(seed)
     vocab = lm.backbone.vocabulary_size
     segment = lm.segment_length
     forward = common.forward_fn(lm)
     state = lm.get_initial_state(1)
-    # Compile (and warm) on one segment, outside the measurement.
-    common.block_until_ready(forward(common.random_ids(rng, 1, segment, vocab), state))
     ids = common.random_ids(rng, 1, length, vocab)
     with common.PeakRSS() as mem:
+        # Compile (and warm) on one segment, outside the timing.
+        common.block_until_ready(forward(ids[:, :segment], state))
         t0 = time.perf_counter()
         for start in range(0, length, segment):
             logits, state = forward(ids[:, start : start + segment], state)
@@ -40,6 +45,60 @@ def stream(lm, length, seed):
         seconds = time.perf_counter() - t0
     state_bytes = sum(int(np.prod(x.shape)) * 4 for x in _leaves(state))
     return seconds, mem.peak - mem.start, mem.peak, state_bytes
+
+
+def run_one(model, size, length, seed):
+    """One measurement (in its own process: see `isolated`)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if model == "rec_fixed_skip":
+        lm = common.build_lm("rec_fixed_skip", size)
+    else:
+        lm = common.build_lm("xl_512", size, block_size=length)
+    s, mem, peak, state_bytes = stream(lm, length, seed)
+    return dict(
+        model=model,
+        size=size,
+        tokens=length,
+        seconds=s,
+        us_per_token=1e6 * s / length,
+        peak_extra_mib=mem / 2**20,
+        peak_rss_mib=peak / 2**20,
+        carried_state_mib=state_bytes / 2**20 if model == "rec_fixed_skip" else None,
+        segment=lm.segment_length,
+    )
+
+
+def isolated(model, size, length, seed):
+    """`run_one` in a fresh process, so every memory peak starts from the
+    same baseline; a run killed for memory is recorded, not fatal."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.scaling",
+                "--_single",
+                json.dumps([model, size, length, seed]),
+                "--_single-out",
+                out.name,
+            ],
+            cwd=common.REPO_ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode:
+            return dict(
+                model=model, size=size, tokens=length, error=f"exit {proc.returncode}"
+            )
+        with open(out.name) as f:
+            return json.load(f)
 
 
 def _leaves(state):
@@ -57,53 +116,33 @@ def main(argv=None):
         default="1024,2048,4096",
         help="lengths for the full-attention model (O(T^2) memory)",
     )
+    parser.add_argument("--_single", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_single-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args._single:
+        import json
+
+        with open(args._single_out, "w") as f:
+            json.dump(run_one(*json.loads(args._single)), f)
+        return
     if args.quick:
         args.size, args.lengths, args.full_lengths = "tiny", "64,128,256,512", "64,128"
-    import keras
 
     lengths = [int(v) for v in args.lengths.split(",")]
+    full_lengths = [int(v) for v in args.full_lengths.split(",") if v]
+    runs = [("rec_fixed_skip", n) for n in lengths]
+    runs += [("full_attention", n) for n in full_lengths]
     results = []
-    keras.utils.set_random_seed(args.seed)
-    rec = common.build_lm("rec_fixed_skip", args.size)
-    for length in lengths:
-        common.log(f"[scaling] rec_fixed_skip {args.size} {length} tokens ...")
-        s, mem, peak, state_bytes = stream(rec, length, args.seed)
-        results.append(
-            dict(
-                model="rec_fixed_skip",
-                size=args.size,
-                tokens=length,
-                seconds=s,
-                us_per_token=1e6 * s / length,
-                peak_extra_mib=mem / 2**20,
-                peak_rss_mib=peak / 2**20,
-                carried_state_mib=state_bytes / 2**20,
-                segment=rec.segment_length,
-            )
+    for model, length in runs:
+        common.log(f"[scaling] {model} {args.size} {length} tokens ...")
+        r = isolated(model, args.size, length, args.seed)
+        if "error" in r:
+            common.log(f"  failed: {r['error']}")
+            continue
+        common.log(
+            f"  {r['us_per_token']:.1f} us/token, +{r['peak_extra_mib']:.0f} MiB"
         )
-        common.log(f"  {1e6 * s / length:.1f} us/token, +{mem / 2**20:.0f} MiB")
-    del rec
-    for length in [int(v) for v in args.full_lengths.split(",") if v]:
-        common.log(f"[scaling] full attention {args.size} {length} tokens ...")
-        keras.utils.set_random_seed(args.seed)
-        full = common.build_lm("xl_512", args.size, block_size=length)
-        s, mem, peak, _ = stream(full, length, args.seed)
-        results.append(
-            dict(
-                model="full_attention",
-                size=args.size,
-                tokens=length,
-                seconds=s,
-                us_per_token=1e6 * s / length,
-                peak_extra_mib=mem / 2**20,
-                peak_rss_mib=peak / 2**20,
-                carried_state_mib=None,
-                segment=length,
-            )
-        )
-        common.log(f"  {1e6 * s / length:.1f} us/token, +{mem / 2**20:.0f} MiB")
-        del full
+        results.append(r)
 
     for model in ("rec_fixed_skip", "full_attention"):
         rs = [r for r in results if r["model"] == model]

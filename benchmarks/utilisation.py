@@ -4,7 +4,9 @@ same process measures on the same machine. Target >= 0.5.
 Model FLOPs are analytic (`benchmarks/flops.py`: every matmul and attention
 einsum, x3 for forward + backward). The dense peak is the best of several
 XLA-compiled square float32 matmuls (n = 1024, 2048, 4096), timed in this
-process right before and after the train steps.
+process right before and after the train steps. Each train step runs in a
+child process (`step_time.measure_isolated`, so that memory is returned
+between presets) on the same machine, between the two matmul measurements.
 
     python -m benchmarks.utilisation [--quick] [--setting issue|scaled]
 """
@@ -58,7 +60,7 @@ def main(argv=None):
     parser.add_argument("--presets", default="rec_fixed_skip,slide_13")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument(
-        "--dropouts", default="0.05,0", help="dropout rates to measure (0.05 = presets)"
+        "--dropouts", default="0,0.05", help="dropout rates to measure (0.05 = presets)"
     )
     args = parser.parse_args(argv)
     setting = "quick" if args.quick else args.setting
@@ -72,9 +74,12 @@ def main(argv=None):
     for dropout in [float(v) for v in args.dropouts.split(",")]:
         for variant in args.presets.split(","):
             common.log(f"[utilisation] {variant} {size} W={window} dropout {dropout}")
-            r = step_time.measure(
+            r = step_time.measure_isolated(
                 variant, size, window, tokens, args.steps, args.seed, dropout
             )
+            if "error" in r:
+                common.log(f"  failed: {r['error']}")
+                continue
             results.append(r)
     after = matmul_flops_per_s(sizes)
     peak = max(max(before.values()), max(after.values()))

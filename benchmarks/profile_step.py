@@ -1,0 +1,167 @@
+"""Timing breakdown behind the step-time and utilisation gaps.
+
+1. One layer at the issue's sizes (d=512, H=8, Dh=64, F=2048, W=512, S=512,
+   4096 tokens): `SlidingWindowLayer` vs `BlockRecurrentLayer` (fixed,
+   skip), forward and forward+backward, XLA-compiled, with dropout 0.05 (the
+   presets) and without.
+2. The random-number cost behind dropout under XLA on this CPU: a
+   [1, 4096, 512] uniform draw through Keras (`keras.random.uniform` with a
+   `SeedGenerator`, what `keras.layers.Dropout` does), through
+   `tf.random.stateless_uniform` with a variable seed and the default
+   algorithm (what Keras calls), with `alg="philox"` / `"threefry"`, and a
+   (1, 128, d) mask tiled over the sequence (the reference's tiled dropout).
+
+TensorFlow backend only.
+
+    python -m benchmarks.profile_step [--quick]
+"""
+
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+
+def best_ms(fn, *args, repeats=4):
+    common.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        common.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * min(times), 1e3 * float(np.median(times))
+
+
+def layer_rows(sizes, repeats):
+    import tensorflow as tf
+
+    from brt_keras.layers.block_recurrent_layer import BlockRecurrentLayer
+    from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
+
+    d, h, dh, f, w, s, length = sizes
+    rows = []
+    for dropout in (0.05, 0.0):
+        layers = {
+            "SlidingWindowLayer": SlidingWindowLayer(
+                d, h, dh, f, block_size=w, dropout=dropout, attention_dropout=dropout
+            ),
+            "BlockRecurrentLayer": BlockRecurrentLayer(
+                d,
+                h,
+                dh,
+                f,
+                block_size=w,
+                num_states=s,
+                dropout=dropout,
+                attention_dropout=dropout,
+            ),
+        }
+        for name, layer in layers.items():
+            x = tf.random.normal((1, length, d))
+            state = layer.get_initial_state(1)
+
+            def fwd(x, state, layer=layer):
+                y, _ = layer.call_with_state(x, state, training=True)
+                return tf.reduce_sum(y)
+
+            def fwd_bwd(x, state, layer=layer):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y, _ = layer.call_with_state(x, state, training=True)
+                    loss = tf.reduce_sum(y * y)
+                return tape.gradient(loss, [x] + layer.trainable_variables)
+
+            for kind, fn in (("forward", fwd), ("forward+backward", fwd_bwd)):
+                compiled = tf.function(fn, jit_compile=True)
+                best, med = best_ms(compiled, x, state, repeats=repeats)
+                common.log(f"  {name} dropout {dropout} {kind}: {best:.1f} ms")
+                rows.append([name, dropout, kind, best, med])
+    return rows
+
+
+def rng_rows(shape, repeats):
+    import keras
+    import tensorflow as tf
+
+    x = tf.random.normal(shape)
+    seed_var = tf.Variable([3, 4], dtype=tf.int32)
+    generator = keras.random.SeedGenerator(1)
+    dropout = keras.layers.Dropout(0.05)
+    tile = 128 if shape[1] % 128 == 0 else shape[1]
+
+    def tiled(x):
+        mask = keras.random.uniform((1, tile, shape[2]), seed=generator) >= 0.05
+        reps = (1, shape[1] // tile, 1)
+        return x * tf.tile(tf.cast(mask, x.dtype), reps) / 0.95
+
+    cases = {
+        "keras.layers.Dropout(0.05)": lambda x: dropout(x, training=True),
+        "keras.random.uniform(SeedGenerator)": lambda x: (
+            x * keras.random.uniform(shape, seed=generator)
+        ),
+        "tf stateless_uniform, variable seed, default alg": lambda x: (
+            x * tf.random.stateless_uniform(shape, seed_var.read_value())
+        ),
+        "tf stateless_uniform, variable seed, alg=philox": lambda x: (
+            x * tf.random.stateless_uniform(shape, seed_var.read_value(), alg="philox")
+        ),
+        "tf stateless_uniform, variable seed, alg=threefry": lambda x: (
+            x
+            * tf.random.stateless_uniform(shape, seed_var.read_value(), alg="threefry")
+        ),
+        f"keras mask (1, {tile}, d) tiled (reference's tiled dropout)": tiled,
+    }
+    rows = []
+    for name, fn in cases.items():
+        compiled = tf.function(lambda x, fn=fn: tf.reduce_sum(fn(x)), jit_compile=True)
+        best, med = best_ms(compiled, x, repeats=repeats)
+        common.log(f"  {name}: {best:.1f} ms")
+        rows.append([name, str(tuple(shape)), best, med])
+    return rows
+
+
+def main(argv=None):
+    parser = common.base_parser(__doc__.splitlines()[0])
+    args = parser.parse_args(argv)
+    if common.backend() != "tensorflow":
+        raise SystemExit("profile_step needs KERAS_BACKEND=tensorflow")
+    if args.quick:
+        sizes, shape, repeats = (64, 4, 16, 128, 8, 8, 32), (1, 256, 64), 2
+    else:
+        sizes, shape, repeats = (512, 8, 64, 2048, 512, 512, 4096), (1, 4096, 512), 4
+    common.log("[profile_step] layers ...")
+    layers = layer_rows(sizes, repeats)
+    common.log("[profile_step] random numbers ...")
+    rng = rng_rows(shape, repeats)
+    fig, axes = common.new_figure(ncols=2, width=6)
+    labels = [f"{r[0][:8]} d={r[1]:g}\n{r[2]}" for r in layers]
+    axes[0].barh(labels, [r[3] for r in layers])
+    axes[0].set_xlabel("ms (best of repeats)")
+    axes[0].set_title("One layer, XLA, 4096 tokens" if not args.quick else "One layer")
+    axes[0].tick_params(axis="y", labelsize=7)
+    axes[1].barh([r[0][:38] for r in rng], [r[2] for r in rng])
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("ms for one mask (log)")
+    axes[1].set_title(f"Random numbers for a {shape} mask, XLA")
+    axes[1].tick_params(axis="y", labelsize=7)
+    png = common.save_figure(fig, "profile_step", args.out_dir)
+    print("\n## Layer breakdown\n")
+    print(
+        common.format_table(
+            ["layer", "dropout", "pass", "best ms", "median ms"], layers
+        )
+    )
+    common.report(
+        "profile_step",
+        "Random-number cost under XLA (what dropout pays)",
+        ["draw", "shape", "best ms", "median ms"],
+        rng,
+        {"layer_sizes": sizes, "layers": layers, "rng": rng, "plot": png},
+        args.out_dir,
+        ["layer table: see 'layers' in the JSON"],
+    )
+
+
+if __name__ == "__main__":
+    main()
