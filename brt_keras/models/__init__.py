@@ -1,6 +1,17 @@
-"""BRT models: the backbone, the causal LM and their presets."""
+"""BRT models: the backbone, the causal LM, presets, and fit-time pieces."""
 
 from brt_keras.models.block_recurrent_backbone import BlockRecurrentBackbone
 from brt_keras.models.block_recurrent_causal_lm import BlockRecurrentCausalLM
+from brt_keras.models.block_recurrent_stream_model import BlockRecurrentStreamModel
+from brt_keras.models.optimizers import PaperAdafactor
+from brt_keras.models.optimizers import RsqrtWarmup
+from brt_keras.models.optimizers import WarmupCosine
 
-__all__ = ["BlockRecurrentBackbone", "BlockRecurrentCausalLM"]
+__all__ = [
+    "BlockRecurrentBackbone",
+    "BlockRecurrentCausalLM",
+    "BlockRecurrentStreamModel",
+    "PaperAdafactor",
+    "RsqrtWarmup",
+    "WarmupCosine",
+]
