@@ -113,17 +113,21 @@ def main(argv=None):
     segment = lm.segment_length
     positions = sorted({1, segment // 4, segment // 2, 3 * segment // 4, segment - 1})
 
+    # One model in memory at a time (this machine has 24 GiB): our train step
+    # in a child process, then the peer's worker, then our decoding here.
     common.log("[peer] ours: training step ...")
     # The peer has no dropout: ours runs without it too (see step_time for
     # the cost of dropout here).
-    ours_train = step_time.measure(
+    ours_train = step_time.measure_isolated(
         "rec_fixed_skip", args.size, None, segment, args.steps, args.seed, 0.0
     )
+    if "error" in ours_train:
+        raise SystemExit(f"our train step failed: {ours_train['error']}")
     common.log(f"  ours {ours_train['step_s']:.3f} s/step")
-    common.log("[peer] ours: generation ...")
-    ours_gen = generation.decode_timing(lm, args.context, args.new_tokens, args.seed)
     common.log("[peer] peer package ...")
     peer = run_peer(python, config, args.steps, args.context, positions, args.seed)
+    common.log("[peer] ours: generation ...")
+    ours_gen = generation.decode_timing(lm, args.context, args.new_tokens, args.seed)
 
     ours_tps = segment / ours_train["step_s"]
     peer_tps = peer["train_tokens_per_s"]
