@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import sys
 
 import keras
 import numpy as np
@@ -435,3 +436,22 @@ def set_stream_state(model, state, training=True):
 
 def build_stream_model(lm, per_replica_batch):
     return BlockRecurrentStreamModel(lm, per_replica_batch)
+
+
+def binary_main(job):
+    """absl `main` for a trainer binary: runs `job()`; a `UsageError` (a bad
+    flag) prints what to change and exits with status 2."""
+
+    def main(argv):
+        from absl import app
+
+        logging.set_verbosity(logging.WARNING)
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        try:
+            job()
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return main

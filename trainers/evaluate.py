@@ -25,7 +25,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 from keras import ops  # noqa: E402
 
 from trainers import common  # noqa: E402
@@ -180,15 +179,7 @@ def evaluate():
     return result
 
 
-def main(argv):
-    logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        evaluate()
-    except common.UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+main = common.binary_main(evaluate)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,12 @@ _backend.select(default="tensorflow")
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
-import sys  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
 from trainers import common  # noqa: E402
 
@@ -160,15 +158,7 @@ def export():
     return result
 
 
-def main(argv):
-    logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        export()
-    except common.UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+main = common.binary_main(export)
 
 
 if __name__ == "__main__":

@@ -333,15 +333,7 @@ def train():
     return summary
 
 
-def main(argv):
-    logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        train()
-    except common.UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+main = common.binary_main(train)
 
 
 if __name__ == "__main__":

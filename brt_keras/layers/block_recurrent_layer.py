@@ -173,16 +173,8 @@ class BlockRecurrentLayer(keras.layers.Layer):
             cache["recurrent_state"], block_keys, block_values
         )
         rk, rv = self.cell.state_kv(state)
-        return dict(
-            cache,
-            recurrent_state=state,
-            state_keys=rk,
-            state_values=rv,
-            previous_keys=cache["keys"],
-            previous_values=cache["values"],
-            keys=ops.zeros_like(cache["keys"]),
-            values=ops.zeros_like(cache["values"]),
-        )
+        cache = dict(cache, recurrent_state=state, state_keys=rk, state_values=rv)
+        return self.cell.token_layer.end_block(cache)
 
     def get_config(self):
         config = super().get_config()

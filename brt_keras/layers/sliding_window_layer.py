@@ -257,6 +257,17 @@ class SlidingWindowLayer(keras.layers.Layer):
         y = self.finish(x, self_out, cross_out)
         return y, dict(cache, keys=keys, values=values)
 
+    def end_block(self, cache):
+        """After the W-th token of a block: the buffer becomes the previous
+        block and a new empty buffer starts."""
+        return dict(
+            cache,
+            previous_keys=cache["keys"],
+            previous_values=cache["values"],
+            keys=ops.zeros_like(cache["keys"]),
+            values=ops.zeros_like(cache["values"]),
+        )
+
     def get_config(self):
         config = super().get_config()
         config.update(

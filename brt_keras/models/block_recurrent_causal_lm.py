@@ -143,20 +143,10 @@ class BlockRecurrentCausalLM(keras.Model):
     def end_block(self, cache):
         """Called after the W-th token of a block: recurrent layers update
         their state from the whole block, buffers roll."""
-        new_cache = {}
-        for i, layer in enumerate(self.backbone.transformer_layers):
-            c = cache[f"layer_{i}"]
-            if i in self.backbone.recurrent_indices:
-                new_cache[f"layer_{i}"] = layer.end_block(c)
-            else:
-                new_cache[f"layer_{i}"] = dict(
-                    c,
-                    previous_keys=c["keys"],
-                    previous_values=c["values"],
-                    keys=ops.zeros_like(c["keys"]),
-                    values=ops.zeros_like(c["values"]),
-                )
-        return new_cache
+        return {
+            f"layer_{i}": layer.end_block(cache[f"layer_{i}"])
+            for i, layer in enumerate(self.backbone.transformer_layers)
+        }
 
     def _compiled(self, name, fn):
         """`fn` compiled for the active backend (tf.function+XLA / jax.jit)."""
