@@ -120,13 +120,7 @@ class BlockRecurrentLayer(keras.layers.Layer):
         With `return_all_states`, `new_state["all_recurrent_states"]` holds the
         state after every block, `[B, N, S, d]`.
         """
-        length = x.shape[1]
-        if length is not None and length % self.block_size:
-            raise ValueError(
-                f"{self.name}: sequence length {length} is not a multiple of "
-                f"block_size={self.block_size}. Pad the input to a multiple of "
-                f"{self.block_size} or choose a segment length that is one."
-            )
+        self.cell.token_layer._check_length(x)
         state = self.reset(state, start_of_sequence)
         b, length, d = ops.shape(x)
         n = length // self.block_size
