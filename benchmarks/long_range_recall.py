@@ -47,7 +47,10 @@ def train_and_eval(variant, seed, args):
     import keras
 
     keras.utils.set_random_seed(seed)
-    lm = common.build_lm(variant, args.size, dropout=0.0)
+    overrides = {"dropout": 0.0}
+    if args.num_states and variant.startswith("rec"):
+        overrides["num_states"] = args.num_states
+    lm = common.build_lm(variant, args.size, **overrides)
     w = lm.backbone.block_size
     assert 2 * args.pairs <= w, "pairs must fit in one block"
     step = common.TrainStep(lm, optimizer=keras.optimizers.Adam(args.lr))
@@ -108,6 +111,9 @@ def main(argv=None):
     parser.add_argument("--values", type=int, default=16)
     parser.add_argument("--filler", type=int, default=32)
     parser.add_argument("--eval-batches", type=int, default=16)
+    parser.add_argument(
+        "--num-states", type=int, default=0, help="override S (0: the size's)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.eval_batches = "0", 20, 2
