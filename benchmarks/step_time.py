@@ -258,6 +258,7 @@ def main(argv=None):
         "W",
         "L x B",
         "layers",
+        "dropout",
         "step s",
         "min s",
         "rel. slide_13",
