@@ -76,7 +76,63 @@ def layer_rows(sizes, repeats):
                 compiled = tf.function(fn, jit_compile=True)
                 best, med = best_ms(compiled, x, state, repeats=repeats)
                 common.log(f"  {name} dropout {dropout} {kind}: {best:.1f} ms")
-                rows.append([name, dropout, kind, best, med])
+                flops = None
+                if name == "SlidingWindowLayer":
+                    flops = 2 * (4 * d * h * dh + 2 * d * f) * length
+                    flops += 2 * 2 * (2 * w) * h * dh * length
+                    flops *= 3 if kind == "forward+backward" else 1
+                rate = flops / best / 1e6 if flops else None
+                rows.append([name, dropout, kind, best, med, rate])
+    return rows
+
+
+def component_rows(sizes, vocab, repeats):
+    """Forward+backward of the attention core and of the readout + loss,
+    with their model FLOPs, to show which parts run far below matmul speed."""
+    import keras
+    import tensorflow as tf
+
+    from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
+
+    d, h, dh, f, w, s, length = sizes
+    rows = []
+    attention = SlidingWindowAttention(h, w)
+    q, k, v = (
+        tf.math.l2_normalize(tf.random.normal((1, length, h, dh)), -1) for _ in range(3)
+    )
+    prev = tf.zeros((1, w, h, dh))
+
+    def attn(q, k, v):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            y = attention(q, k, v, prev, prev)
+            loss = tf.reduce_sum(y * y)
+        return tape.gradient(loss, [q, k, v])
+
+    best, med = best_ms(tf.function(attn, jit_compile=True), q, k, v, repeats=repeats)
+    flops = 3 * 2 * 2 * (2 * w) * h * dh * length
+    rows.append(["attention core (W x 2W tiles)", best, flops / best / 1e6])
+    common.log(f"  attention core: {best:.1f} ms")
+
+    emb = keras.Variable(tf.random.normal((vocab, d)))
+    x = tf.random.normal((1, length, d))
+    y = tf.random.uniform((1, length), 1, vocab, dtype=tf.int32)
+
+    def readout(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logits = tf.matmul(x, emb.value, transpose_b=True)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+            )
+        return tape.gradient(loss, [x, emb.value])
+
+    best, med = best_ms(tf.function(readout, jit_compile=True), x, y, repeats=repeats)
+    flops = 3 * 2 * vocab * d * length
+    rows.append(
+        [f"tied readout + softmax cross-entropy (V={vocab})", best, flops / best / 1e6]
+    )
+    common.log(f"  readout + loss: {best:.1f} ms")
     return rows
 
 
@@ -132,6 +188,8 @@ def main(argv=None):
         sizes, shape, repeats = (512, 8, 64, 2048, 512, 512, 4096), (1, 4096, 512), 4
     common.log("[profile_step] layers ...")
     layers = layer_rows(sizes, repeats)
+    common.log("[profile_step] components ...")
+    components = component_rows(sizes, 260 if args.quick else 32128, repeats)
     common.log("[profile_step] random numbers ...")
     rng = rng_rows(shape, repeats)
     fig, axes = common.new_figure(ncols=2, width=6)
@@ -149,15 +207,23 @@ def main(argv=None):
     print("\n## Layer breakdown\n")
     print(
         common.format_table(
-            ["layer", "dropout", "pass", "best ms", "median ms"], layers
+            ["layer", "dropout", "pass", "best ms", "median ms", "GFLOP/s"], layers
         )
     )
+    print("\n## Components, forward + backward\n")
+    print(common.format_table(["component", "best ms", "GFLOP/s"], components))
     common.report(
         "profile_step",
         "Random-number cost under XLA (what dropout pays)",
         ["draw", "shape", "best ms", "median ms"],
         rng,
-        {"layer_sizes": sizes, "layers": layers, "rng": rng, "plot": png},
+        {
+            "layer_sizes": sizes,
+            "layers": layers,
+            "components": components,
+            "rng": rng,
+            "plot": png,
+        },
         args.out_dir,
         ["layer table: see 'layers' in the JSON"],
     )
