@@ -135,3 +135,18 @@ def test_sliding_window_segments_equal_one_pass():
     with pytest.raises(ValueError, match="multiple of block_size=8"):
         layer.call_with_state(x[:, :12], layer.get_initial_state(2))
     assert ops.shape(state["keys"]) == (2, 8, 2, 16)
+
+
+def test_tiled_dropout_mask_repeats_over_batch_and_tiles():
+    from brt_keras.layers import TiledDropout
+
+    layer = TiledDropout(0.5, tile_length=4, seed=3)
+    x = np.ones((2, 10, 6), "float32")
+    y = np.asarray(layer(x, training=True))
+    np.testing.assert_array_equal(y[0], y[1])  # shared over the batch
+    np.testing.assert_array_equal(y[:, :4], y[:, 4:8])  # tiled every 4
+    np.testing.assert_array_equal(y[:, 8:], y[:, :2])
+    assert set(np.unique(y)) == {0.0, 2.0}  # kept units scaled by 1/(1-rate)
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+    with pytest.raises(ValueError, match="rate"):
+        TiledDropout(1.0)

@@ -7,6 +7,7 @@ from brt_keras.layers.recurrent_gate import RecurrentGate
 from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
 from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
 from brt_keras.layers.t5_relative_position_bias import T5RelativePositionBias
+from brt_keras.layers.tiled_dropout import TiledDropout
 
 __all__ = [
     "BlockRNN",
@@ -16,4 +17,5 @@ __all__ = [
     "SlidingWindowAttention",
     "SlidingWindowLayer",
     "T5RelativePositionBias",
+    "TiledDropout",
 ]

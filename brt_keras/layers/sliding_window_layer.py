@@ -7,6 +7,7 @@ from brt_keras.layers.attention_ops import attend
 from brt_keras.layers.attention_ops import l2_normalize
 from brt_keras.layers.attention_ops import merge_heads
 from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
+from brt_keras.layers.tiled_dropout import TiledDropout
 
 
 def dense_initializer(scale=1.0):
@@ -113,8 +114,8 @@ class SlidingWindowLayer(keras.layers.Layer):
         self.ffn_norm = norm("pre_ffn_layernorm")
         self.ffn_hidden = dense(intermediate_dim, "ffn_hidden0", "relu")
         self.ffn_output = dense(hidden_dim, "ffn_output_layer")
-        self.pre_attn_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
-        self.ffn_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.pre_attn_dropout = TiledDropout(dropout, dtype=self.dtype_policy)
+        self.ffn_dropout = TiledDropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         width = self.num_heads * self.head_dim

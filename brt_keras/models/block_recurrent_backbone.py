@@ -7,6 +7,7 @@ from keras import ops
 from brt_keras.layers.block_recurrent_layer import BlockRecurrentLayer
 from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
 from brt_keras.layers.sliding_window_layer import reset_where
+from brt_keras.layers.tiled_dropout import TiledDropout
 
 
 def check_token_ids(token_ids, vocabulary_size):
@@ -143,7 +144,7 @@ class BlockRecurrentBackbone(keras.Model):
         self.final_norm = keras.layers.RMSNormalization(
             epsilon=1e-6, dtype=self.dtype_policy, name="final_layernorm"
         )
-        self.final_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.final_dropout = TiledDropout(dropout, dtype=self.dtype_policy)
         self.build((None, block_size))
 
     def build(self, input_shape):
