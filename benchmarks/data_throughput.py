@@ -6,7 +6,9 @@
 
 Without a prepared ``--data_dir`` it uses the real-text fixtures in tests/fixtures/data.
 The trainer benchmark can call :func:`pipeline_tokens_per_s` and compare with its step rate;
-``--consumer_tokens_per_s`` prints the ratio (the goal is >= 10x the training step of small_37m).
+It also times the XLA training step of ``--step_preset`` at ``--step_size`` (default
+rec_fixed_skip / small_37m, 4096 tokens; ``--step_preset ''`` skips it) or takes
+``--consumer_tokens_per_s``, and prints the ratio (the goal is >= 10x the training step).
 """
 
 from __future__ import annotations
@@ -81,6 +83,13 @@ def main(argv=None):
     p.add_argument("--tokenizer", default="bytes")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--consumer_tokens_per_s", type=float, default=None)
+    p.add_argument(
+        "--step_preset",
+        default="rec_fixed_skip",
+        help="measure this preset's XLA training step as the consumer ('' to skip)",
+    )
+    p.add_argument("--step_size", default="small_37m")
+    p.add_argument("--step_tokens", type=int, default=4096)
     args = p.parse_args(argv)
     documents = None
     if args.data_dir is None:
@@ -102,6 +111,17 @@ def main(argv=None):
         f"{r['steps_per_s']:,.1f} batches/s of [{args.batch_size}, {args.segment_length}] "
         f"({args.corpus}/{args.split}, tokenizer={args.tokenizer})"
     )
+    if not args.consumer_tokens_per_s and args.step_preset:
+        from benchmarks import step_time
+
+        m = step_time.measure(
+            args.step_preset, args.step_size, None, args.step_tokens, steps=2
+        )
+        args.consumer_tokens_per_s = m["tokens_per_step"] / m["step_s"]
+        print(
+            f"training step: {args.step_preset}/{args.step_size}, "
+            f"{m['tokens_per_step']} tokens in {m['step_s']:.2f} s (XLA, median of 2)"
+        )
     if args.consumer_tokens_per_s:
         ratio = r["tokens_per_s"] / args.consumer_tokens_per_s
         print(
