@@ -150,3 +150,51 @@ def test_tiled_dropout_mask_repeats_over_batch_and_tiles():
     np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
     with pytest.raises(ValueError, match="rate"):
         TiledDropout(1.0)
+
+
+def _numpy_hash_uniform(size, seed):
+    """The hash of `hash_uniform`, written independently in numpy."""
+    m = np.uint64(0xFFFFFFFF)
+    seed = [np.uint64(int(s) & 0xFFFFFFFF) for s in seed]
+
+    def mix(x):
+        x ^= x >> np.uint64(16)
+        x = (x * np.uint64(0x7FEB352D)) & m
+        x ^= x >> np.uint64(15)
+        x = (x * np.uint64(0x846CA68B)) & m
+        return x ^ (x >> np.uint64(16))
+
+    x = (np.arange(size, dtype=np.uint64) * np.uint64(0x9E3779B9)) & m
+    x = mix((x + seed[0]) & m)
+    x = mix((x + seed[1]) & m)
+    return (x >> np.uint64(8)).astype(np.float64) / (1 << 24)
+
+
+def test_hash_uniform_matches_its_definition_and_is_uniform():
+    from brt_keras.layers.hash_dropout import hash_uniform
+
+    seed = np.array([12345, 7], "int32")
+    u = np.asarray(hash_uniform((64, 1024), seed)).reshape(-1)
+    np.testing.assert_allclose(u, _numpy_hash_uniform(u.size, seed), atol=0)
+    assert 0.0 <= u.min() and u.max() < 1.0
+    counts = np.histogram(u, bins=16, range=(0, 1))[0]
+    assert np.abs(counts / u.size * 16 - 1).max() < 0.05  # 65k draws, 16 bins
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.02
+    other = np.asarray(hash_uniform((64, 1024), seed + [0, 1])).reshape(-1)
+    assert abs(np.corrcoef(u, other)[0, 1]) < 0.02  # next seed: a fresh stream
+
+
+def test_hash_dropout_rate_noise_shape_and_fresh_masks():
+    from brt_keras.layers import HashDropout
+
+    layer = HashDropout(0.25, noise_shape=(1, 64, 128), seed=5)
+    x = np.ones((3, 64, 128), "float32")
+    y1 = np.asarray(layer(x, training=True))
+    y2 = np.asarray(layer(x, training=True))
+    np.testing.assert_array_equal(y1[0], y1[2])  # noise_shape broadcasts
+    assert set(np.unique(y1)) == {0.0, np.float32(1 / 0.75)}
+    assert abs((y1[0] == 0).mean() - 0.25) < 0.02
+    assert (y1 != y2).any()  # each call draws a new mask
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+    restored = HashDropout.from_config(layer.get_config())
+    assert restored.noise_shape == (1, 64, 128) and restored.rate == 0.25

@@ -3,6 +3,7 @@
 from brt_keras.layers.block_recurrent_cell import BlockRecurrentCell
 from brt_keras.layers.block_recurrent_layer import BlockRecurrentLayer
 from brt_keras.layers.block_rnn import BlockRNN
+from brt_keras.layers.hash_dropout import HashDropout
 from brt_keras.layers.recurrent_gate import RecurrentGate
 from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
 from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
@@ -13,6 +14,7 @@ __all__ = [
     "BlockRNN",
     "BlockRecurrentCell",
     "BlockRecurrentLayer",
+    "HashDropout",
     "RecurrentGate",
     "SlidingWindowAttention",
     "SlidingWindowLayer",

@@ -36,6 +36,16 @@ def attend(
 ):
     """Normalised dot-product attention over any leading axes.
 
+    Computes `safe_softmax(where(mask, (q.k + bias) * temperature, -1e6)) @ v`
+    as the reference does, rearranged for speed (same values to float
+    round-off): the temperature is folded into the queries and the bias and
+    mask into one additive `[H, Q, K]` tile (a masked logit becomes
+    `logit - 1e6` instead of `-1e6`; both give an exact zero after the
+    softmax); the einsums run head-major (`[..., H, Q, K]`, which XLA on
+    CPU differentiates ~2x faster than the token-major form); and the
+    softmax denominator divides the `[Q, Dh]` output instead of the `[Q, K]`
+    probabilities (dropout is elementwise, so the order does not matter).
+
     Args:
         queries: `[..., Q, H, Dh]`, already L2-normalised.
         keys: `[..., K, H, Dh]`, already L2-normalised.
@@ -49,17 +59,33 @@ def attend(
     Returns:
         `[..., Q, H, Dh]` in the dtype of `values`.
     """
-    logits = ops.einsum("...qhd,...khd->...hqk", queries, keys)
-    logits = ops.cast(logits, "float32")
+    temperature = ops.cast(temperature, "float32")
+    scale = ops.cast(ops.reshape(temperature, (-1, 1, 1)), queries.dtype)
+    q = ops.swapaxes(queries, -2, -3) * scale  # [..., H, Q, Dh]
+    k = ops.swapaxes(keys, -2, -3)
+    v = ops.swapaxes(values, -2, -3)
+    logits = ops.cast(ops.einsum("...hqd,...hkd->...hqk", q, k), "float32")
+    tile = None
     if bias is not None:
-        logits = logits + ops.cast(bias, "float32")
-    logits = logits * ops.reshape(ops.cast(temperature, "float32"), (-1, 1, 1))
+        tile = ops.cast(bias, "float32") * ops.reshape(temperature, (-1, 1, 1))
     if mask is not None:
-        logits = ops.where(mask, logits, MASK_VALUE)
-    probs = ops.cast(safe_softmax(logits), values.dtype)
+        tile = ops.where(mask, 0.0 if tile is None else tile, MASK_VALUE)
+    if tile is not None:
+        logits = logits + tile
+    # The max only keeps exp() in range; the result does not depend on it.
+    m = ops.stop_gradient(
+        ops.maximum(ops.max(logits, axis=-1, keepdims=True), SAFE_SOFTMAX_MIN)
+    )
+    weights = ops.exp(logits - m)
+    denominator = ops.sum(weights, axis=-1, keepdims=True) + ops.exp(
+        SAFE_SOFTMAX_MIN - m
+    )
+    weights = ops.cast(weights, values.dtype)
     if dropout is not None:
-        probs = dropout(probs, training=training)
-    return ops.einsum("...hqk,...khd->...qhd", probs, values)
+        weights = dropout(weights, training=training)
+    out = ops.einsum("...hqk,...hkd->...hqd", weights, v)
+    out = out / ops.cast(denominator, out.dtype)
+    return ops.swapaxes(out, -2, -3)
 
 
 def merge_heads(x):

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from brt_keras.layers.attention_ops import attend
+from brt_keras.layers.hash_dropout import HashDropout
 from brt_keras.layers.t5_relative_position_bias import T5RelativePositionBias
 
 
@@ -57,7 +58,7 @@ class SlidingWindowAttention(keras.layers.Layer):
         self.temperature = self.add_weight(
             name="attention_scale", shape=(num_heads,), initializer="ones"
         )
-        self.dropout = keras.layers.Dropout(
+        self.dropout = HashDropout(
             attention_dropout,
             noise_shape=(1, 1, num_heads, block_size, 2 * block_size),
             dtype=self.dtype_policy,

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from brt_keras.layers.hash_dropout import hash_uniform
+
 
 @keras.saving.register_keras_serializable(package="brt_keras")
 class TiledDropout(keras.layers.Layer):
@@ -13,7 +15,8 @@ class TiledDropout(keras.layers.Layer):
     the attention input, the FFN output and before the readout. Besides
     matching the reference it draws `tile_length * d` random numbers per call
     instead of `B * L * d`, which matters: random number generation under XLA
-    on CPU costs more than the layer's matmuls at the paper's sizes.
+    on CPU costs more than the layer's matmuls at the paper's sizes. The
+    numbers come from `hash_uniform` (see `HashDropout`).
 
     Args:
         rate: float, fraction of units dropped.
@@ -42,10 +45,10 @@ class TiledDropout(keras.layers.Layer):
         length, d = x.shape[-2], x.shape[-1]
         if length is None:
             shape = (1, ops.shape(x)[-2], d)
-            keep = keras.random.uniform(shape, seed=self.seed_generator) >= self.rate
+            keep = hash_uniform(shape, self.seed_generator.next()) >= self.rate
         else:
             tile = min(self.tile_length, length)
-            keep = keras.random.uniform((1, tile, d), seed=self.seed_generator)
+            keep = hash_uniform((1, tile, d), self.seed_generator.next())
             keep = ops.tile(keep >= self.rate, (1, -(-length // tile), 1))[:, :length]
         scale = ops.cast(keep, x.dtype) / ops.cast(1.0 - self.rate, x.dtype)
         return x * ops.reshape(scale, (1,) * (len(x.shape) - 2) + (-1, d))
