@@ -118,16 +118,11 @@ class SlidingWindowAttention(keras.layers.Layer):
             keys, values: `[B, 2W, H, Dh]`: the previous block, then the
                 current block's buffer (slots after `index` are masked).
         """
-        bias, mask = self._tile()
+        w = self.block_size
         row = ops.reshape(ops.convert_to_tensor(index, "int32"), (1,))
-        return attend(
-            query,
-            keys,
-            values,
-            self.temperature,
-            bias=ops.take(bias, row, axis=1),
-            mask=ops.take(mask, row, axis=0),
-        )
+        bias = self.relative_bias.tile(w, 2 * w, rows=row)
+        mask = ops.take(ops.convert_to_tensor(sliding_window_mask(w)), row, axis=0)
+        return attend(query, keys, values, self.temperature, bias=bias, mask=mask)
 
     def get_config(self):
         config = super().get_config()

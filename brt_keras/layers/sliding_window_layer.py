@@ -245,12 +245,9 @@ class SlidingWindowLayer(keras.layers.Layer):
         """
         x = ops.cast(x, self.compute_dtype)
         q, k, v, q2 = self.project(x)
-        slot = ops.reshape(
-            ops.arange(self.block_size) == ops.convert_to_tensor(index, "int32"),
-            (1, self.block_size, 1, 1),
-        )
-        keys = ops.where(slot, ops.cast(k, "float32"), cache["keys"])
-        values = ops.where(slot, ops.cast(v, "float32"), cache["values"])
+        start = (0, ops.convert_to_tensor(index, "int32"), 0, 0)
+        keys = ops.slice_update(cache["keys"], start, ops.cast(k, "float32"))
+        values = ops.slice_update(cache["values"], start, ops.cast(v, "float32"))
         k2 = ops.cast(ops.concatenate([cache["previous_keys"], keys], 1), k.dtype)
         v2 = ops.cast(ops.concatenate([cache["previous_values"], values], 1), v.dtype)
         self_out = self.self_attention.attend_row(q, k2, v2, index)

@@ -67,12 +67,21 @@ class T5RelativePositionBias(keras.layers.Layer):
         )
         self.built = True
 
-    def tile(self, num_queries, num_keys):
-        """Bias `[num_heads, num_queries, num_keys]` for one attention tile."""
-        buckets = relative_position_buckets(
-            num_queries, num_keys, self.num_buckets, self.max_distance
+    def tile(self, num_queries, num_keys, rows=None):
+        """Bias `[num_heads, num_queries, num_keys]` for one attention tile.
+
+        `rows`: optional int32 `[R]` query indices; returns only those rows,
+        `[num_heads, R, num_keys]` (one decoding step needs one row, and the
+        whole tile would cost W times more).
+        """
+        buckets = ops.convert_to_tensor(
+            relative_position_buckets(
+                num_queries, num_keys, self.num_buckets, self.max_distance
+            )
         )
-        return ops.take(self.rel_embedding, ops.convert_to_tensor(buckets), axis=1)
+        if rows is not None:
+            buckets = ops.take(buckets, rows, axis=0)
+        return ops.take(self.rel_embedding, buckets, axis=1)
 
     def get_config(self):
         config = super().get_config()
