@@ -198,3 +198,30 @@ def test_hash_dropout_rate_noise_shape_and_fresh_masks():
     np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
     restored = HashDropout.from_config(layer.get_config())
     assert restored.noise_shape == (1, 64, 128) and restored.rate == 0.25
+
+
+def test_recurrent_layer_segment_path_equals_rnn_path():
+    """unroll=True reorders the cell's arithmetic (token side once per
+    segment); unroll=False runs BlockRNN(cell) block by block: same values
+    and states, per-slot resets included."""
+    from brt_keras.layers import BlockRecurrentLayer
+
+    kwargs = dict(block_size=4, num_states=3, gate_type="lstm", gate_variant="dual")
+    fast = BlockRecurrentLayer(16, 2, 8, 32, unroll=True, **kwargs)
+    slow = BlockRecurrentLayer(16, 2, 8, 32, unroll=False, **kwargs)
+    x = keras.random.normal((2, 12, 16), seed=1)
+    fast.build(x.shape)
+    slow.build(x.shape)
+    slow.set_weights(fast.get_weights())
+    state = fast.get_initial_state(2)
+    state = dict(state, keys=keras.random.normal(ops.shape(state["keys"]), seed=2))
+    sos = np.array([False, True])
+    y1, s1 = fast.call_with_state(x, state, sos, return_all_states=True)
+    y2, s2 = slow.call_with_state(x, state, sos, return_all_states=True)
+    np.testing.assert_allclose(np.asarray(y1), np.asarray(y2), atol=2e-5)
+    for name in s2:
+        np.testing.assert_allclose(
+            np.asarray(s1[name]), np.asarray(s2[name]), atol=2e-5
+        )
+    y3, _ = slow.call_with_state(x, state, sos)  # the while_loop / scan form
+    np.testing.assert_allclose(np.asarray(y1), np.asarray(y3), atol=2e-5)

@@ -19,8 +19,15 @@ class BlockRecurrentLayer(keras.layers.Layer):
 
     Args:
         Same as `BlockRecurrentCell`, plus
-        unroll: bool, unroll the block loop (the reference's default; needed
-            for dropout under JAX). False runs a `while_loop`/`scan`.
+        unroll: bool. True (the reference's default; needed for dropout
+            under JAX): the token side (projections, sliding-window
+            attention, output projection, FFN) runs once over the whole
+            segment, as in the reference, and only the state update and
+            the tokens' cross-attention inputs run block by block, unrolled.
+            False: `BlockRNN(cell)`, a `while_loop`/`scan` with one whole
+            block per step (what an export with a symbolic segment length
+            needs; dropout masks are then drawn per block). Both give the
+            same values.
 
     Example:
     >>> layer = BlockRecurrentLayer(64, 4, 16, 128, block_size=8, num_states=8)
@@ -122,6 +129,8 @@ class BlockRecurrentLayer(keras.layers.Layer):
         """
         self.cell.token_layer._check_length(x)
         state = self.reset(state, start_of_sequence)
+        if self.unroll:
+            return self._segment_call(x, state, training, return_all_states)
         b, length, d = ops.shape(x)
         n = length // self.block_size
         blocks = ops.reshape(x, (b, n, self.block_size, d))
@@ -144,6 +153,54 @@ class BlockRecurrentLayer(keras.layers.Layer):
             new_state["all_recurrent_states"] = ops.stack(all_states, axis=1)
         y = ops.cast(ops.reshape(y, (b, length, d)), self.compute_dtype)
         return y, new_state
+
+    def _segment_call(self, x, state, training, return_all_states):
+        """The cell's arithmetic reordered: everything that does not depend
+        on the recurrent state runs once over the segment; the loop over
+        blocks only updates the state and records, for each block, the keys
+        and values of the state its tokens read."""
+        cell, tokens = self.cell, self.cell.token_layer
+        b, length, d = ops.shape(x)
+        w = self.block_size
+        n = length // w
+        x = ops.cast(x, tokens.compute_dtype)
+        q, k, v, q2 = tokens.project(x, training=training)
+        prev_k = ops.cast(state["keys"], k.dtype)
+        prev_v = ops.cast(state["values"], v.dtype)
+        self_out = tokens.self_attention(q, k, v, prev_k, prev_v, training=training)
+        h, dh = self.num_heads, self.head_dim
+        k_blocks = ops.reshape(k, (b, n, w, h, dh))
+        v_blocks = ops.reshape(v, (b, n, w, h, dh))
+        recurrent = state["recurrent_state"]
+        state_keys, state_values, all_states = [], [], []
+        for t in range(n):
+            projected = cell.project_state(ops.cast(recurrent, "float32"))
+            state_keys.append(projected[1])
+            state_values.append(projected[2])
+            k_t, v_t = k_blocks[:, t], v_blocks[:, t]
+            recurrent = cell.update_state(
+                recurrent,
+                ops.concatenate([prev_k, k_t], axis=1),
+                ops.concatenate([prev_v, v_t], axis=1),
+                projected,
+            )
+            prev_k, prev_v = k_t, v_t
+            all_states.append(recurrent)
+        # Tokens of block t read the incoming state s_t.
+        cross_out = tokens.cross_attend(
+            ops.reshape(q2, (b, n, w, h, dh)),
+            (ops.stack(state_keys, axis=1), ops.stack(state_values, axis=1)),
+        )
+        cross_out = ops.reshape(cross_out, (b, length, h, dh))
+        y = tokens.finish(x, self_out, cross_out, training=training)
+        new_state = {
+            "recurrent_state": recurrent,
+            "keys": ops.cast(prev_k, "float32"),
+            "values": ops.cast(prev_v, "float32"),
+        }
+        if return_all_states:
+            new_state["all_recurrent_states"] = ops.stack(all_states, axis=1)
+        return ops.cast(y, self.compute_dtype), new_state
 
     def call(self, x, training=None):
         y, _ = self.call_with_state(
