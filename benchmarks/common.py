@@ -85,6 +85,10 @@ def machine_info():
         ),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
+        # Cores this process may run on (taskset / cgroup pinning).
+        "cores_used": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "gpu": _gpu_name(),
         "backend": backend(),
         "keras": keras.__version__,
