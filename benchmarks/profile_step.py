@@ -9,7 +9,8 @@
    `SeedGenerator`, what `keras.layers.Dropout` does), through
    `tf.random.stateless_uniform` with a variable seed and the default
    algorithm (what Keras calls), with `alg="philox"` / `"threefry"`, and a
-   (1, 128, d) mask tiled over the sequence (the reference's tiled dropout).
+   (1, 128, d) mask tiled over the sequence (the reference's tiled dropout),
+   and brt_keras' own `HashDropout` / `TiledDropout` (counter-hash masks).
 
 TensorFlow backend only.
 
@@ -140,10 +141,15 @@ def rng_rows(shape, repeats):
     import keras
     import tensorflow as tf
 
+    from brt_keras.layers import HashDropout
+    from brt_keras.layers import TiledDropout
+
     x = tf.random.normal(shape)
     seed_var = tf.Variable([3, 4], dtype=tf.int32)
     generator = keras.random.SeedGenerator(1)
     dropout = keras.layers.Dropout(0.05)
+    hash_dropout = HashDropout(0.05)
+    tiled_dropout = TiledDropout(0.05)
     tile = 128 if shape[1] % 128 == 0 else shape[1]
 
     def tiled(x):
@@ -167,6 +173,12 @@ def rng_rows(shape, repeats):
             * tf.random.stateless_uniform(shape, seed_var.read_value(), alg="threefry")
         ),
         f"keras mask (1, {tile}, d) tiled (reference's tiled dropout)": tiled,
+        "brt_keras HashDropout(0.05) (attention dropout)": lambda x: hash_dropout(
+            x, training=True
+        ),
+        "brt_keras TiledDropout(0.05) (hashed (1, 128, d) mask)": lambda x: (
+            tiled_dropout(x, training=True)
+        ),
     }
     rows = []
     for name, fn in cases.items():
