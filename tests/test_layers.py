@@ -196,6 +196,10 @@ def test_hash_dropout_rate_noise_shape_and_fresh_masks():
     assert abs((y1[0] == 0).mean() - 0.25) < 0.02
     assert (y1 != y2).any()  # each call draws a new mask
     np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+    partial = HashDropout(0.5, noise_shape=(None, 1, 128), seed=1)
+    y3 = np.asarray(partial(x, training=True))
+    np.testing.assert_array_equal(y3[:, 0], y3[:, 63])  # shared along axis 1
+    assert (y3[0] != y3[1]).any()  # None: one mask per batch row
     restored = HashDropout.from_config(layer.get_config())
     assert restored.noise_shape == (1, 64, 128) and restored.rate == 0.25
 

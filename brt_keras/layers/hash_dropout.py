@@ -63,9 +63,10 @@ class HashDropout(keras.layers.Dropout):
     def call(self, inputs, training=False):
         if not training or self.rate == 0:
             return inputs
-        shape = self.noise_shape
-        if shape is None:
-            shape = ops.shape(inputs)
+        # As in Keras, a None in noise_shape takes the input's size there.
+        shape = ops.shape(inputs)
+        if self.noise_shape is not None:
+            shape = [s if n is None else n for n, s in zip(self.noise_shape, shape)]
         keep = hash_uniform(tuple(shape), self.seed_generator.next()) >= self.rate
         scale = ops.cast(keep, inputs.dtype) / ops.cast(1.0 - self.rate, inputs.dtype)
         return inputs * scale
