@@ -17,13 +17,6 @@ def l2_normalize(x, epsilon=1e-6):
     return x * ops.rsqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + epsilon)
 
 
-def safe_softmax(logits, axis=-1, min_x=SAFE_SOFTMAX_MIN):
-    """Softmax with a phantom entry of value `min_x` in the denominator."""
-    m = ops.maximum(ops.max(logits, axis=axis, keepdims=True), min_x)
-    y = ops.exp(logits - m)
-    return y / (ops.sum(y, axis=axis, keepdims=True) + ops.exp(min_x - m))
-
-
 def attend(
     queries,
     keys,
@@ -36,10 +29,11 @@ def attend(
 ):
     """Normalised dot-product attention over any leading axes.
 
-    Computes `safe_softmax(where(mask, (q.k + bias) * temperature, -1e6)) @ v`
-    as the reference does, rearranged for speed (same values to float
-    round-off): the temperature is folded into the queries and the bias and
-    mask into one additive `[H, Q, K]` tile (a masked logit becomes
+    Computes `softmax(where(mask, (q.k + bias) * temperature, -1e6)) @ v`
+    with the reference's safe softmax (a phantom logit of -1000 in the
+    denominator, so a fully masked row attends to nothing), rearranged for
+    speed (same values to float round-off): the temperature is folded into
+    the queries and the bias and mask into one additive `[H, Q, K]` tile (a masked logit becomes
     `logit - 1e6` instead of `-1e6`; both give an exact zero after the
     softmax); the einsums run head-major (`[..., H, Q, K]`, which XLA on
     CPU differentiates ~2x faster than the token-major form); and the
