@@ -415,3 +415,28 @@ def python_for_peer():
 
 def log(*args):
     print(*args, file=sys.stderr, flush=True)
+
+
+def run_isolated(module, spec):
+    """Runs `python -m <module> --_single <json spec>` in a fresh process, so
+    memory is returned between runs and a run killed for memory is recorded,
+    not fatal. Returns `(result_dict, None)` or `(None, "exit N: why")`."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", module, "--_single", json.dumps(spec)]
+            + ["--_single-out", out.name],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode:
+            why = (
+                "killed (out of memory?)"
+                if proc.returncode in (-9, 137)
+                else (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+            )
+            return None, f"exit {proc.returncode}: {why}"
+        with open(out.name) as f:
+            return json.load(f), None

@@ -73,32 +73,11 @@ def run_one(model, size, length, seed):
 def isolated(model, size, length, seed):
     """`run_one` in a fresh process, so every memory peak starts from the
     same baseline; a run killed for memory is recorded, not fatal."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.scaling",
-                "--_single",
-                json.dumps([model, size, length, seed]),
-                "--_single-out",
-                out.name,
-            ],
-            cwd=common.REPO_ROOT,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode:
-            return dict(
-                model=model, size=size, tokens=length, error=f"exit {proc.returncode}"
-            )
-        with open(out.name) as f:
-            return json.load(f)
+    spec = [model, size, length, seed]
+    result, error = common.run_isolated("benchmarks.scaling", spec)
+    if error:
+        return dict(model=model, size=size, tokens=length, error=error)
+    return result
 
 
 def _leaves(state):

@@ -83,43 +83,18 @@ def measure(variant, size, window, tokens, steps, seed=0, dropout=None):
 def measure_isolated(variant, size, window, tokens, steps, seed, dropout):
     """`measure` in a fresh process: memory is returned between presets and
     a preset that is killed (out of memory) is recorded, not fatal."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        spec = json.dumps([variant, size, window, tokens, steps, seed, dropout])
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.step_time",
-                "--_single",
-                spec,
-                "--_single-out",
-                out.name,
-            ],
-            cwd=common.REPO_ROOT,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode:
-            why = (
-                "killed (out of memory?)"
-                if proc.returncode in (-9, 137)
-                else (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
-            )
-            return {
-                "variant": variant,
-                "size": size,
-                "error": f"exit {proc.returncode}: {why}",
-                "step_s": float("nan"),
-                "step_min_s": float("nan"),
-                "dropout": dropout,
-            }
-        with open(out.name) as f:
-            return json.load(f)
+    spec = [variant, size, window, tokens, steps, seed, dropout]
+    result, error = common.run_isolated("benchmarks.step_time", spec)
+    if error:
+        return {
+            "variant": variant,
+            "size": size,
+            "error": error,
+            "step_s": float("nan"),
+            "step_min_s": float("nan"),
+            "dropout": dropout,
+        }
+    return result
 
 
 def run_setting(name, variants, steps, seed, dropout=None):
