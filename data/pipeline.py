@@ -63,7 +63,11 @@ def _build_hint(name: str, data_dir) -> str:
             f"python -m data.fetch_corpora --out RAW_DIR --corpus {name} && "
             f"python -m data.build --corpus {name} --raw_dir RAW_DIR --data_dir {data_dir}"
         )
-    return f"tfds build {name} --data_dir {data_dir}"
+    return (
+        f"tfds build {name} --data_dir {data_dir} (a catalog data set), or for your own "
+        f"documents: python -m data.build --corpus text --raw_dir DIR_OR_JSONL --name {name} "
+        f"--data_dir {data_dir}"
+    )
 
 
 def clean_texts(raw_texts) -> tuple[list, int, int]:
@@ -85,6 +89,23 @@ def clean_texts(raw_texts) -> tuple[list, int, int]:
     return texts, empty, replaced
 
 
+def _has_text_feature(name: str, data_dir) -> bool:
+    """True when ``name`` has a ``text`` feature (e.g. data.build --corpus text); a name that
+    is neither registered nor prepared in ``data_dir`` raises DatasetNotPreparedError."""
+    import tensorflow_datasets as tfds
+
+    try:
+        features = tfds.builder(name, data_dir=data_dir).info.features
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DatasetNotPreparedError(
+            f"data set {name!r} is not prepared in {data_dir}. "
+            f"Build it with: {_build_hint(name, data_dir)}"
+        ) from e
+    except Exception:  # noqa: BLE001 - unreadable info: ask for text_feature below
+        return False
+    return features is not None and "text" in features
+
+
 def load_documents(
     name: str, split: str, data_dir=None, text_feature=None
 ) -> DocumentStore:
@@ -95,6 +116,8 @@ def load_documents(
 
     feature = text_feature or ("text" if name in LOCAL_CORPORA else None)
     feature = feature or CATALOG_TEXT_FEATURES.get(name)
+    if feature is None and _has_text_feature(name, data_dir):
+        feature = "text"  # a corpus of your own documents (data.build --corpus text)
     if feature is None:
         raise ValueError(
             f"pass text_feature=... for {name!r} (the feature holding the text)"

@@ -58,7 +58,9 @@ def define_train_flags():
     )
     flags.DEFINE_string("size", "mini", f"Size: {', '.join(presets.SIZES)}.")
     flags.DEFINE_string(
-        "corpus", "books", "books|papers|code or a TFDS name (pg19, ...)."
+        "corpus",
+        "books",
+        "books|papers|code, a name built by data.build --corpus text, or a TFDS name (pg19, ...).",
     )
     flags.DEFINE_string(
         "text_feature", None, "Text feature of a catalog TFDS data set."
