@@ -86,3 +86,54 @@ def merge_heads(x):
     """`[..., T, H, Dh]` -> `[..., T, H * Dh]`, head-major columns."""
     shape = ops.shape(x)
     return ops.reshape(x, tuple(shape[:-2]) + (shape[-2] * shape[-1],))
+
+
+TEMPERATURE_PARAMETERIZATIONS = ("linear", "log")
+
+
+def check_temperature_options(init, parameterization, lr_multiplier):
+    """Raises a ValueError naming the fix for invalid temperature options."""
+    if parameterization not in TEMPERATURE_PARAMETERIZATIONS:
+        raise ValueError(
+            f"Unknown temperature_parameterization {parameterization!r}; use "
+            f"one of {TEMPERATURE_PARAMETERIZATIONS}."
+        )
+    if parameterization == "log" and init <= 0:
+        raise ValueError(
+            f"temperature_init must be > 0 with the log parameterization; got {init}."
+        )
+    if lr_multiplier <= 0:
+        raise ValueError(f"temperature_lr_multiplier must be > 0; got {lr_multiplier}.")
+
+
+def add_temperature(
+    layer, name, num_heads, init, parameterization, lr_multiplier, dtype=None
+):
+    """Adds a learned per-head temperature variable to `layer`.
+
+    The defaults (init 1, "linear", multiplier 1) are the reference's: the
+    variable is the temperature itself, initialised to ones. Otherwise the
+    variable `w` stores `tau / m` ("linear") or `log(tau) / m` ("log"), and
+    `temperature_value` returns `m * w` or `exp(m * w)`. Scaling a
+    variable's value by `m` makes a sign-based or Adam-like update move the
+    temperature (or its log) `m` times faster: a learning-rate multiplier
+    that needs no optimizer support.
+    """
+    import math
+
+    import keras
+
+    raw = init if parameterization == "linear" else math.log(init)
+    raw = raw / lr_multiplier
+    initializer = "ones" if raw == 1.0 else keras.initializers.Constant(raw)
+    return layer.add_weight(
+        name=name, shape=(num_heads,), initializer=initializer, dtype=dtype
+    )
+
+
+def temperature_value(variable, parameterization="linear", lr_multiplier=1.0):
+    """The temperature a `add_temperature` variable stands for."""
+    if parameterization == "linear" and lr_multiplier == 1.0:
+        return variable
+    t = ops.cast(variable, "float32") * lr_multiplier
+    return ops.exp(t) if parameterization == "log" else t

@@ -9,9 +9,11 @@ themselves and to the block's tokens, and gates replace the residuals.
 import keras
 from keras import ops
 
+from brt_keras.layers.attention_ops import add_temperature
 from brt_keras.layers.attention_ops import attend
 from brt_keras.layers.attention_ops import l2_normalize
 from brt_keras.layers.attention_ops import merge_heads
+from brt_keras.layers.attention_ops import temperature_value
 from brt_keras.layers.recurrent_gate import RecurrentGate
 from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
 from brt_keras.layers.sliding_window_layer import dense_initializer
@@ -49,6 +51,10 @@ class BlockRecurrentCell(keras.layers.Layer):
         gate_variant: `"skip"`, `"dual"` or `"single"`.
         dropout, attention_dropout: token-side dropout rates.
         token_dtype: dtype policy of the token side (default: the cell's).
+        temperature_init, temperature_parameterization,
+            temperature_lr_multiplier: every attention temperature's
+            initial value and parameterization (reference: 1.0, "linear",
+            1.0); see `attention_ops.add_temperature`.
 
     Example:
     >>> cell = BlockRecurrentCell(64, 4, 16, 128, block_size=8, num_states=8)
@@ -71,6 +77,9 @@ class BlockRecurrentCell(keras.layers.Layer):
         dropout=0.0,
         attention_dropout=0.0,
         token_dtype=None,
+        temperature_init=1.0,
+        temperature_parameterization="linear",
+        temperature_lr_multiplier=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -89,6 +98,9 @@ class BlockRecurrentCell(keras.layers.Layer):
         self.dropout = dropout
         self.attention_dropout = attention_dropout
         self.token_dtype = token_dtype
+        self.temperature_init = temperature_init
+        self.temperature_parameterization = temperature_parameterization
+        self.temperature_lr_multiplier = temperature_lr_multiplier
         width = num_heads * head_dim
         self.state_size = [
             (num_states, hidden_dim),
@@ -107,6 +119,9 @@ class BlockRecurrentCell(keras.layers.Layer):
             cross_attention=True,
             dropout=dropout,
             attention_dropout=attention_dropout,
+            temperature_init=temperature_init,
+            temperature_parameterization=temperature_parameterization,
+            temperature_lr_multiplier=temperature_lr_multiplier,
             dtype=token_dtype or self.dtype_policy,
             name="tbase",
         )
@@ -162,17 +177,16 @@ class BlockRecurrentCell(keras.layers.Layer):
             initializer=keras.initializers.RandomNormal(stddev=0.1),
             dtype="float32",
         )
-        self.state_temperature = self.add_weight(
-            name="state_attention_scale",
-            shape=(self.num_heads,),
-            initializer="ones",
-            dtype="float32",
+        options = (
+            self.temperature_init,
+            self.temperature_parameterization,
+            self.temperature_lr_multiplier,
         )
-        self.state_temperature2 = self.add_weight(
-            name="state_attention_scale2",
-            shape=(self.num_heads,),
-            initializer="ones",
-            dtype="float32",
+        self.state_temperature = add_temperature(
+            self, "state_attention_scale", self.num_heads, *options, dtype="float32"
+        )
+        self.state_temperature2 = add_temperature(
+            self, "state_attention_scale2", self.num_heads, *options, dtype="float32"
         )
         self.state_norm.build((b, s, d))
         for layer in self._state_projections():
@@ -223,12 +237,12 @@ class BlockRecurrentCell(keras.layers.Layer):
         of the previous and current block."""
         state = ops.cast(state, "float32")
         rq, rk, rv, rq2 = projected or self.project_state(state)
-        self_out = attend(rq, rk, rv, self.state_temperature)
+        self_out = attend(rq, rk, rv, self._temperature(self.state_temperature))
         cross_out = attend(
             rq2,
             ops.cast(block_keys, "float32"),
             ops.cast(block_values, "float32"),
-            self.state_temperature2,
+            self._temperature(self.state_temperature2),
         )
         h = ops.concatenate([merge_heads(self_out), merge_heads(cross_out)], -1)
         if self.gate_variant == "single":
@@ -239,6 +253,11 @@ class BlockRecurrentCell(keras.layers.Layer):
             hidden = self.state_ffn_hidden(self.state_ffn_norm(state))
             state = self.ffn_gate(state, self.state_ffn_output(hidden), hidden)
         return state
+
+    def _temperature(self, variable):
+        return temperature_value(
+            variable, self.temperature_parameterization, self.temperature_lr_multiplier
+        )
 
     def get_initial_state(self, batch_size=None):
         if not self.built:
@@ -289,5 +308,8 @@ class BlockRecurrentCell(keras.layers.Layer):
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
             token_dtype=self.token_dtype,
+            temperature_init=self.temperature_init,
+            temperature_parameterization=self.temperature_parameterization,
+            temperature_lr_multiplier=self.temperature_lr_multiplier,
         )
         return config

@@ -50,6 +50,9 @@ class BlockRecurrentLayer(keras.layers.Layer):
         dropout=0.0,
         attention_dropout=0.0,
         unroll=True,
+        temperature_init=1.0,
+        temperature_parameterization="linear",
+        temperature_lr_multiplier=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -64,6 +67,9 @@ class BlockRecurrentLayer(keras.layers.Layer):
         self.dropout = dropout
         self.attention_dropout = attention_dropout
         self.unroll = unroll
+        self.temperature_init = temperature_init
+        self.temperature_parameterization = temperature_parameterization
+        self.temperature_lr_multiplier = temperature_lr_multiplier
         mixed = self.dtype_policy.compute_dtype != "float32"
         # The cell (hence the RNN's state casts) runs in float32 so the state
         # is carried in float32 under a mixed policy; its token side does not.
@@ -79,6 +85,9 @@ class BlockRecurrentLayer(keras.layers.Layer):
             dropout=dropout,
             attention_dropout=attention_dropout,
             token_dtype=self.dtype_policy.name if mixed else None,
+            temperature_init=temperature_init,
+            temperature_parameterization=temperature_parameterization,
+            temperature_lr_multiplier=temperature_lr_multiplier,
             dtype="float32",
             name="cell",
         )
@@ -241,5 +250,8 @@ class BlockRecurrentLayer(keras.layers.Layer):
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
             unroll=self.unroll,
+            temperature_init=self.temperature_init,
+            temperature_parameterization=self.temperature_parameterization,
+            temperature_lr_multiplier=self.temperature_lr_multiplier,
         )
         return config

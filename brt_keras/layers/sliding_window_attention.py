@@ -4,7 +4,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from brt_keras.layers.attention_ops import add_temperature
 from brt_keras.layers.attention_ops import attend
+from brt_keras.layers.attention_ops import check_temperature_options
+from brt_keras.layers.attention_ops import temperature_value
 from brt_keras.layers.hash_dropout import HashDropout
 from brt_keras.layers.t5_relative_position_bias import T5RelativePositionBias
 
@@ -38,6 +41,12 @@ class SlidingWindowAttention(keras.layers.Layer):
         block_size: int, W.
         attention_dropout: float, dropout on the attention probabilities; one
             mask `[H, W, 2W]` per call, shared over batch and blocks.
+        temperature_init: float, initial temperature (reference: 1.0).
+        temperature_parameterization: `"linear"` (reference: the variable is
+            the temperature) or `"log"` (the variable is its log).
+        temperature_lr_multiplier: float, the variable is stored divided by
+            it, so Adam-like updates move the temperature this much faster
+            (reference: 1.0). See `attention_ops.add_temperature`.
 
     Call arguments:
         queries, keys, values: `[B, N*W, H, Dh]` (queries/keys normalised).
@@ -47,16 +56,36 @@ class SlidingWindowAttention(keras.layers.Layer):
         `[B, N*W, H, Dh]`.
     """
 
-    def __init__(self, num_heads, block_size, attention_dropout=0.0, **kwargs):
+    def __init__(
+        self,
+        num_heads,
+        block_size,
+        attention_dropout=0.0,
+        temperature_init=1.0,
+        temperature_parameterization="linear",
+        temperature_lr_multiplier=1.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        check_temperature_options(
+            temperature_init, temperature_parameterization, temperature_lr_multiplier
+        )
         self.num_heads = num_heads
         self.block_size = block_size
         self.attention_dropout = attention_dropout
+        self.temperature_init = temperature_init
+        self.temperature_parameterization = temperature_parameterization
+        self.temperature_lr_multiplier = temperature_lr_multiplier
         self.relative_bias = T5RelativePositionBias(
             num_heads, dtype=self.dtype_policy, name="relative_positions"
         )
-        self.temperature = self.add_weight(
-            name="attention_scale", shape=(num_heads,), initializer="ones"
+        self.temperature = add_temperature(
+            self,
+            "attention_scale",
+            num_heads,
+            temperature_init,
+            temperature_parameterization,
+            temperature_lr_multiplier,
         )
         self.dropout = HashDropout(
             attention_dropout,
@@ -64,6 +93,14 @@ class SlidingWindowAttention(keras.layers.Layer):
             dtype=self.dtype_policy,
         )
         self.built = True
+
+    def effective_temperature(self):
+        """The per-head temperature `[H]` the attention uses."""
+        return temperature_value(
+            self.temperature,
+            self.temperature_parameterization,
+            self.temperature_lr_multiplier,
+        )
 
     def _tile(self):
         w = self.block_size
@@ -101,7 +138,7 @@ class SlidingWindowAttention(keras.layers.Layer):
             blocks(queries),
             k2,
             v2,
-            self.temperature,
+            self.effective_temperature(),
             bias=bias,
             mask=mask,
             dropout=self.dropout if self.attention_dropout else None,
@@ -122,7 +159,14 @@ class SlidingWindowAttention(keras.layers.Layer):
         row = ops.reshape(ops.convert_to_tensor(index, "int32"), (1,))
         bias = self.relative_bias.tile(w, 2 * w, rows=row)
         mask = ops.take(ops.convert_to_tensor(sliding_window_mask(w)), row, axis=0)
-        return attend(query, keys, values, self.temperature, bias=bias, mask=mask)
+        return attend(
+            query,
+            keys,
+            values,
+            self.effective_temperature(),
+            bias=bias,
+            mask=mask,
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -130,5 +174,8 @@ class SlidingWindowAttention(keras.layers.Layer):
             num_heads=self.num_heads,
             block_size=self.block_size,
             attention_dropout=self.attention_dropout,
+            temperature_init=self.temperature_init,
+            temperature_parameterization=self.temperature_parameterization,
+            temperature_lr_multiplier=self.temperature_lr_multiplier,
         )
         return config

@@ -3,9 +3,11 @@
 import keras
 from keras import ops
 
+from brt_keras.layers.attention_ops import add_temperature
 from brt_keras.layers.attention_ops import attend
 from brt_keras.layers.attention_ops import l2_normalize
 from brt_keras.layers.attention_ops import merge_heads
+from brt_keras.layers.attention_ops import temperature_value
 from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
 from brt_keras.layers.tiled_dropout import TiledDropout
 
@@ -47,6 +49,10 @@ class SlidingWindowLayer(keras.layers.Layer):
         cross_attention: bool, add the cross-attention to a recurrent state.
         dropout: float, dropout before attention and after the FFN.
         attention_dropout: float, dropout on attention probabilities.
+        temperature_init, temperature_parameterization,
+            temperature_lr_multiplier: every attention temperature's
+            initial value and parameterization (reference: 1.0, "linear",
+            1.0); see `attention_ops.add_temperature`.
 
     Example:
     >>> layer = SlidingWindowLayer(64, 4, 16, 128, block_size=8)
@@ -66,9 +72,15 @@ class SlidingWindowLayer(keras.layers.Layer):
         cross_attention=False,
         dropout=0.0,
         attention_dropout=0.0,
+        temperature_init=1.0,
+        temperature_parameterization="linear",
+        temperature_lr_multiplier=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.temperature_init = temperature_init
+        self.temperature_parameterization = temperature_parameterization
+        self.temperature_lr_multiplier = temperature_lr_multiplier
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -102,13 +114,21 @@ class SlidingWindowLayer(keras.layers.Layer):
             num_heads,
             block_size,
             attention_dropout,
+            temperature_init=temperature_init,
+            temperature_parameterization=temperature_parameterization,
+            temperature_lr_multiplier=temperature_lr_multiplier,
             dtype=self.dtype_policy,
             name="self_attention",
         )
         if cross_attention:
             self.query2_dense = dense(width, "queries2_layer")
-            self.temperature2 = self.add_weight(
-                name="attention_scale2", shape=(num_heads,), initializer="ones"
+            self.temperature2 = add_temperature(
+                self,
+                "attention_scale2",
+                num_heads,
+                temperature_init,
+                temperature_parameterization,
+                temperature_lr_multiplier,
             )
         self.output_dense = dense(hidden_dim, "output_layer")
         self.ffn_norm = norm("pre_ffn_layernorm")
@@ -159,7 +179,11 @@ class SlidingWindowLayer(keras.layers.Layer):
             queries2,
             ops.cast(state_keys, queries2.dtype),
             ops.cast(state_values, queries2.dtype),
-            self.temperature2,
+            temperature_value(
+                self.temperature2,
+                self.temperature_parameterization,
+                self.temperature_lr_multiplier,
+            ),
         )
 
     def finish(self, x, self_out, cross_out=None, training=None):
@@ -277,5 +301,8 @@ class SlidingWindowLayer(keras.layers.Layer):
             cross_attention=self.cross_attention,
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
+            temperature_init=self.temperature_init,
+            temperature_parameterization=self.temperature_parameterization,
+            temperature_lr_multiplier=self.temperature_lr_multiplier,
         )
         return config

@@ -54,6 +54,10 @@ class BlockRecurrentBackbone(keras.Model):
         feedback: bool, the feedback variant.
         dropout: float, used for all dropout (0.05 in the paper).
         unroll: bool, unroll the recurrent layer's block loop.
+        temperature_init, temperature_parameterization,
+            temperature_lr_multiplier: every attention temperature's initial
+            value and parameterization (reference: 1.0, "linear", 1.0; a
+            recall-training lever, see `attention_ops.add_temperature`).
 
     Example:
     >>> backbone = BlockRecurrentBackbone(260, 2, 64, 4, 16, 128, 8,
@@ -80,6 +84,9 @@ class BlockRecurrentBackbone(keras.Model):
         feedback=False,
         dropout=0.0,
         unroll=True,
+        temperature_init=1.0,
+        temperature_parameterization="linear",
+        temperature_lr_multiplier=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -97,6 +104,9 @@ class BlockRecurrentBackbone(keras.Model):
         self.feedback = feedback
         self.dropout = dropout
         self.unroll = unroll
+        self.temperature_init = temperature_init
+        self.temperature_parameterization = temperature_parameterization
+        self.temperature_lr_multiplier = temperature_lr_multiplier
         self.recurrent_indices = sorted({i % num_layers for i in recurrent_layers})
         if self.recurrent_indices and num_states <= 0:
             raise ValueError(
@@ -123,6 +133,9 @@ class BlockRecurrentBackbone(keras.Model):
             block_size=block_size,
             dropout=dropout,
             attention_dropout=dropout,
+            temperature_init=temperature_init,
+            temperature_parameterization=temperature_parameterization,
+            temperature_lr_multiplier=temperature_lr_multiplier,
             dtype=self.dtype_policy,
         )
         self.transformer_layers = []
@@ -282,5 +295,8 @@ class BlockRecurrentBackbone(keras.Model):
             feedback=self.feedback,
             dropout=self.dropout,
             unroll=self.unroll,
+            temperature_init=self.temperature_init,
+            temperature_parameterization=self.temperature_parameterization,
+            temperature_lr_multiplier=self.temperature_lr_multiplier,
         )
         return config

@@ -125,6 +125,9 @@ CONFIG_KEYS = (
     "gate_variant",
     "feedback",
     "dropout",
+    "temperature_init",
+    "temperature_parameterization",
+    "temperature_lr_multiplier",
 )
 
 
