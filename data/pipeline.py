@@ -140,6 +140,15 @@ def load_documents(
     return DocumentStore(name, split, texts, empty, replaced)
 
 
+def document_index(position, num_documents, seed=0, epoch=0):
+    """Index in the split of the document read at ``position`` of epoch ``epoch``'s order
+    (the stateless document shuffle every slot follows)."""
+    seeds = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.index_shuffle(
+        tf.cast(position, tf.int64), seeds, num_documents - 1
+    )
+
+
 def _slot_dataset(
     texts_t, n, tok, L, seed, shard_index, num_shards, slot, batch_size, repeat
 ):
@@ -148,8 +157,7 @@ def _slot_dataset(
     seed = tf.constant(seed, tf.int64)
 
     def doc_segments(epoch, position):
-        seeds = tf.stack([seed, epoch])
-        index = tf.random.experimental.index_shuffle(position, seeds, n - 1)
+        index = document_index(position, n, seed, epoch)
         ids = tf.cast(tok.tokenize(texts_t[index]), tf.int32)
         length = tf.shape(ids)[0]
         num = (length + L - 1) // L

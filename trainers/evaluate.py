@@ -6,9 +6,19 @@ through the model with carried state.
 Each slot reads one document from its first segment to its last, carrying the
 state; a slot that has run out of documents reads padding (not counted).
 Prints and writes ``<model_dir>/eval_<split>.json`` with nats/bits per token,
-bits per byte (UTF-8 bytes of the text the scored tokens cover) and
+bits per byte (UTF-8 bytes of the text the scored tokens cover),
 word-level perplexity (exp of the total NLL over the whitespace-separated
-words of the documents).
+words of the documents), per-document totals (``per_document``, by index in
+the split, to pair runs) and 95 % bootstrap intervals over documents.
+
+    --reset_state=every_segment   the memory ablation: every layer's cache and the
+                                  recurrent state reset at each segment start
+                                  (written to eval_<split>_reset_every_segment.json)
+    --by_position                 bits/token in log2 position buckets (0-255,
+                                  256-511, ...) in the JSON and a PNG; --compare
+                                  a.json,b.json adds other evaluations' curves
+
+See trainers/scoring.py for the definitions.
 """
 
 from trainers import backend as _backend
@@ -21,13 +31,11 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from keras import ops  # noqa: E402
 
 from trainers import common  # noqa: E402
+from trainers import scoring  # noqa: E402
 
 FLAGS = flags.FLAGS
 common.define_common_flags()
@@ -38,62 +46,68 @@ flags.DEFINE_integer(
     "max_segments", 0, "Stop after this many batches (0: all documents)."
 )
 flags.DEFINE_string(
-    "output", None, "JSON path (default <model_dir>/eval_<split>.json)."
+    "output",
+    None,
+    "JSON path (default <model_dir>/eval_<split>.json; "
+    "eval_<split>_reset_every_segment.json with --reset_state=every_segment).",
+)
+flags.DEFINE_enum(
+    "reset_state",
+    "never",
+    list(scoring.RESET_MODES),
+    "never: carry the state through each document; every_segment: reset every "
+    "layer's cache and the recurrent state at each segment start (memory ablation).",
+)
+flags.DEFINE_bool(
+    "by_position",
+    False,
+    "Bits/token by position in the document (log2 buckets) in the JSON and a PNG.",
+)
+flags.DEFINE_list(
+    "compare",
+    [],
+    "Eval JSONs (written with --by_position) whose curves join this one in the PNG.",
+)
+flags.DEFINE_string("label", None, "Curve label (default: the model_dir's name).")
+flags.DEFINE_integer(
+    "bootstrap",
+    1000,
+    "Bootstrap resamples over documents for 95 % intervals (0: none).",
 )
 
 
-def segment_nll(model, x):
-    """Per-slot summed NLL (nats) and scored-token counts of one segment,
-    carrying the eval cache."""
-    ids = x["token_ids"]
-    logits = model(x, training=False)
-    targets = ops.pad(ids[:, 1:], ((0, 0), (0, 1)))
-    weights = ops.cast(ops.logical_and(ids > 0, targets > 0), "float32")
-    logp = ops.log_softmax(logits, axis=-1)
-    picked = ops.take_along_axis(logp, ops.expand_dims(targets, -1), axis=-1)[..., 0]
-    return -ops.sum(picked * weights, axis=1), ops.sum(weights, axis=1)
+def _progress(scores):
+    tty = sys.stderr.isatty()
+    if tty or scores.segments % 100 == 0:
+        print(
+            f"{chr(13) if tty else ''}segment {scores.segments}: {scores.total_tokens} tokens, "
+            f"{scores.bits_per_token:.4f} bits/token",
+            end="" if tty else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-def make_step(model):
-    """A compiled eval step that carries the model's eval cache."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        def pure(trainable, non_trainable, x):
-            def fn(x):
-                return segment_nll(model, x)
-
-            with keras.StatelessScope(
-                state_mapping=list(zip(model.trainable_variables, trainable))
-                + list(zip(model.non_trainable_variables, non_trainable))
-            ) as scope:
-                out = fn(x)
-            new_nt = [scope.get_current_value(v) for v in model.non_trainable_variables]
-            new_nt = [o if n is None else n for n, o in zip(new_nt, non_trainable)]
-            return out, new_nt
-
-        jitted = jax.jit(pure)
-        holder = {"nt": [v.value for v in model.non_trainable_variables]}
-        trainable = [v.value for v in model.trainable_variables]
-
-        def step(x):
-            out, holder["nt"] = jitted(trainable, holder["nt"], x)
-            return out
-
-        def sync():
-            for v, value in zip(model.non_trainable_variables, holder["nt"]):
-                v.assign(value)
-
-        return step, sync
-    import tensorflow as tf
-
-    fn = tf.function(lambda x: segment_nll(model, x))
-    return fn, lambda: None
+def _read_compare(paths):
+    curves = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                other = json.load(f)
+        except (OSError, ValueError) as e:
+            raise common.UsageError(f"--compare {path}: {e}") from e
+        if not other.get("by_position"):
+            raise common.UsageError(
+                f"--compare {path} has no by_position; evaluate that model with --by_position."
+            )
+        curves.append((other.get("label") or path, other["by_position"]))
+    return curves
 
 
 def evaluate():
     if not FLAGS.model_dir:
         raise common.UsageError("--model_dir is required.")
+    compare = _read_compare(FLAGS.compare)
     config = common.read_config(FLAGS.model_dir)
     lm = common.load_lm(FLAGS.model_dir)
     corpus = FLAGS.corpus or config["corpus"]
@@ -106,76 +120,80 @@ def evaluate():
         ).texts
     except data.DatasetNotPreparedError as e:
         raise common.UsageError(str(e)) from e
+    if not documents:
+        raise common.UsageError(f"{corpus}/{FLAGS.split} has no documents.")
     batch_size = max(1, min(FLAGS.batch_size, len(documents)))
-    dataset = common.open_dataset(
-        corpus,
-        FLAGS.split,
-        segment_length=lm.segment_length,
+    t0 = time.time()
+    scores = scoring.score_documents(
+        lm,
+        documents,
         batch_size=batch_size,
         tokenizer=FLAGS.tokenizer or config["tokenizer"],
-        data_dir=FLAGS.data_dir or config["data_dir"],
-        seed=0,
-        repeat=False,
-        text_feature=config.get("text_feature"),
-        documents=documents,
+        reset_state=FLAGS.reset_state,
+        max_segments=FLAGS.max_segments,
+        progress=_progress,
     )
-    store = getattr(dataset, "document_store", None)
-    model = common.build_stream_model(lm, batch_size)
-    step, sync = make_step(model)
-    total_nll = total_tokens = total_bytes = 0.0
-    segments = 0
-    complete = True
-    t0 = time.time()
-    for batch in dataset:
-        if FLAGS.max_segments and segments >= FLAGS.max_segments:
-            complete = False
-            break
-        x = {
-            "token_ids": batch["token_ids"].numpy(),
-            "start_of_sequence": batch["start_of_sequence"].numpy(),
-        }
-        nll, count = step(x)
-        total_nll += float(np.sum(keras.ops.convert_to_numpy(nll)))
-        total_tokens += float(np.sum(keras.ops.convert_to_numpy(count)))
-        total_bytes += float(np.sum(batch["num_bytes"].numpy()))
-        segments += 1
-        tty = sys.stderr.isatty()
-        if tty or segments % 100 == 0:
-            print(
-                f"{chr(13) if tty else ''}segment {segments}: {total_tokens:.0f} tokens, "
-                f"{total_nll / max(total_tokens, 1) / math.log(2):.4f} bits/token",
-                end="" if tty else "\n",
-                file=sys.stderr,
-                flush=True,
-            )
     if sys.stderr.isatty():
         print(file=sys.stderr)
-    sync()
-    words = None
-    if store is not None:
-        doc_bytes = sum(len(t) for t in store.texts)
-        doc_words = sum(len(t.split()) for t in store.texts)
-        words = doc_words if complete else doc_words * total_bytes / max(doc_bytes, 1)
+    total_nll, total_tokens = scores.total_nll, scores.total_tokens
+    total_bytes = scores.total_bytes
+    doc_bytes = sum(len(t) for t in documents)
+    doc_words = sum(len(t.split()) for t in documents)
+    complete = scores.complete
+    words = doc_words if complete else doc_words * total_bytes / max(doc_bytes, 1)
     bits = total_nll / math.log(2)
+    label = FLAGS.label or os.path.basename(os.path.normpath(FLAGS.model_dir))
+    if FLAGS.reset_state != "never":
+        label += f" (reset {FLAGS.reset_state})"
+    doc_bits = scores.doc_nll / math.log(2)
     result = {
         "model_dir": FLAGS.model_dir,
+        "label": label,
         "corpus": corpus,
         "split": FLAGS.split,
-        "documents": len(store.texts) if store is not None else None,
+        "reset_state": FLAGS.reset_state,
+        "documents": len(documents),
         "complete": complete,
-        "segments": segments,
+        "segments": scores.segments,
         "tokens": int(total_tokens),
         "bytes": int(total_bytes),
-        "words": None if words is None else round(words, 1),
+        "words": round(words, 1),
         "nats_per_token": total_nll / max(total_tokens, 1),
         "bits_per_token": bits / max(total_tokens, 1),
         "bits_per_byte": bits / max(total_bytes, 1),
         "word_perplexity": math.exp(total_nll / words) if words else None,
+        "bootstrap": None,
+        "per_document": scores.per_document(),
         "seconds": round(time.time() - t0, 1),
     }
-    output = FLAGS.output or os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}.json")
+    if FLAGS.bootstrap > 0:
+        result["bootstrap"] = {
+            "samples": FLAGS.bootstrap,
+            "level": 0.95,
+            "over": "documents",
+            "bits_per_token": scoring.bootstrap_interval(
+                doc_bits, scores.doc_tokens, FLAGS.bootstrap
+            ),
+            "bits_per_byte": scoring.bootstrap_interval(
+                doc_bits, scores.doc_bytes, FLAGS.bootstrap
+            ),
+        }
+    suffix = "" if FLAGS.reset_state == "never" else f"_reset_{FLAGS.reset_state}"
+    output = FLAGS.output or os.path.join(
+        FLAGS.model_dir, f"eval_{FLAGS.split}{suffix}.json"
+    )
+    if FLAGS.by_position:
+        result["by_position"] = scores.by_position()
+        plot = os.path.splitext(output)[0] + "_by_position.png"
+        scoring.plot_by_position(
+            [(label, result["by_position"])] + compare,
+            plot,
+            f"{corpus}/{FLAGS.split}: bits/token by position",
+        )
+        result["by_position_plot"] = plot
     common.write_json(output, result)
-    print(json.dumps(result, indent=2), flush=True)
+    shown = {k: v for k, v in result.items() if k != "per_document"}
+    print(json.dumps(shown, indent=2), flush=True)
     return result
 
 
