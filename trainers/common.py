@@ -104,7 +104,12 @@ def define_train_flags():
     flags.DEFINE_integer("checkpoint_every", 100, "Checkpoint every N steps.")
     flags.DEFINE_integer("keep_checkpoints", 3, "Keep the last k checkpoints.")
     flags.DEFINE_integer("chunk_steps", 200, "At most this many steps per fit() call.")
-    flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1 = progress bar).")
+    flags.DEFINE_integer(
+        "verbose",
+        1,
+        "Progress: 0 none, 1 one line updated in place (every 5% when not a "
+        "terminal), 2 one line per chunk.",
+    )
     flags.DEFINE_bool("save_plot", True, "Write loss_curve.png at the end.")
 
 

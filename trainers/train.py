@@ -10,6 +10,15 @@ with no gradient across segments. Writes to ``--model_dir``: ``config.json``
 the last ``--keep_checkpoints``), ``tensorboard/``, ``history.jsonl``,
 ``loss_curve.png`` and ``model.keras``. Re-running the same command resumes
 from the newest good checkpoint.
+
+The run directory is guarded (`trainers.run_dir`): a re-run whose model,
+tokenizer, data, optimisation or batch settings differ from its
+``config.json`` exits with status 2 and lists the differences; ``--start_over``
+moves the earlier run into ``previous/<UTC time>/`` instead. One trainer at a
+time: ``train.lock`` (`trainers.run_lock`); a second trainer exits with
+status 2 naming the holder. SIGTERM / SIGINT (`trainers.preemption`) finish
+the current step, write a checkpoint and exit with status 75; re-running
+resumes exactly there.
 """
 
 from trainers import backend as _backend
@@ -30,27 +39,41 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from trainers import common  # noqa: E402
+from trainers import preemption  # noqa: E402
+from trainers import run_dir  # noqa: E402
+from trainers import run_lock  # noqa: E402
 from trainers.checkpoints import CheckpointManager  # noqa: E402
+from trainers.progress import Progress  # noqa: E402
 
 FLAGS = flags.FLAGS
 common.define_train_flags()
+flags.DEFINE_bool(
+    "start_over",
+    False,
+    "Train from step 0 even if --model_dir holds a run (of any configuration): "
+    "its files are moved to <model_dir>/previous/<UTC time>/, not deleted.",
+)
+BATCH_KEYS = ("token_ids", "start_of_sequence")
 
 
 class StepLogger(keras.callbacks.Callback):
     """Per-step loss (recovered from Keras' running mean) to history.jsonl
     and TensorBoard."""
 
-    def __init__(self, history_path, writer, batch_tokens):
+    def __init__(self, history_path, writer, batch_tokens, progress=None):
         super().__init__()
         self.history_path = history_path
         self.writer = writer
         self.batch_tokens = batch_tokens
+        self.progress = progress
         self.start_step = 0
-        self.records = []
+        self.batches_done = 0  # in the current fit() call
+        self.last = {}
 
     def on_epoch_begin(self, epoch, logs=None):
         self._prev_mean = 0.0
         self._t0 = time.time()
+        self.batches_done = 0
 
     def on_train_batch_end(self, batch, logs=None):
         mean = float(logs["loss"])
@@ -65,7 +88,10 @@ class StepLogger(keras.callbacks.Callback):
         }
         lr = self.model.optimizer.learning_rate
         rec["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
-        self.records.append(rec)
+        self.batches_done = batch + 1
+        self.last = rec
+        if self.progress is not None:
+            self.progress.update(step, loss, rec["tokens_per_second"])
         with open(self.history_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.writer is not None:
@@ -160,6 +186,30 @@ def resolved_config():
     }
 
 
+def draw_batches(iterator, pending, n):
+    """`n` batches as numpy dicts: first those in `pending` (drawn before a
+    preemption stopped a chunk early; consumed from the list), then new
+    ones from `iterator`."""
+    batches = []
+    while pending and len(batches) < n:
+        batches.append(pending.pop(0))
+    while len(batches) < n:
+        batch = next(iterator)
+        batches.append({k: batch[k].numpy() for k in BATCH_KEYS})
+    return batches
+
+
+def stack_batches(batches):
+    return {k: np.stack([b[k] for b in batches]) for k in BATCH_KEYS}
+
+
+def unstack_batches(stacked):
+    if not stacked:
+        return []
+    n = len(stacked[BATCH_KEYS[0]])
+    return [{k: stacked[k][i] for k in BATCH_KEYS} for i in range(n)]
+
+
 def train():
     if not FLAGS.model_dir:
         raise common.UsageError(
@@ -203,8 +253,17 @@ def train():
     model_dir = FLAGS.model_dir
     if setup.process_count > 1:
         model_dir = os.path.join(model_dir, f"process_{setup.process_index}")
-    os.makedirs(model_dir, exist_ok=True)
-    common.write_json(os.path.join(model_dir, "config.json"), config)
+    # The lock first (one writer), then the guard, and only then a write.
+    with run_lock.RunLock(model_dir), preemption.Preemption() as preempt:
+        run_dir.check(model_dir, config, FLAGS.start_over)
+        common.write_json(os.path.join(model_dir, "config.json"), config)
+        return run_training(config, setup, model_dir, preempt)
+
+
+def run_training(config, setup, model_dir, preempt):
+    """Trains in `model_dir` (locked, guarded); exits with
+    `preemption.EXIT_STATUS` after checkpointing when `preempt` fires."""
+    global_batch = FLAGS.batch_size
     if FLAGS.mixed_precision:
         keras.config.set_dtype_policy("mixed_bfloat16")
 
@@ -213,7 +272,7 @@ def train():
         FLAGS.corpus,
         FLAGS.split,
         segment_length=L,
-        batch_size=host_batch,
+        batch_size=config["host_batch"],
         tokenizer=FLAGS.tokenizer,
         data_dir=FLAGS.data_dir,
         seed=FLAGS.seed,
@@ -225,7 +284,7 @@ def train():
 
     with setup.scope():
         lm = common.build_lm(config["model"], FLAGS.seed)
-        model = common.build_stream_model(lm, state_batch)
+        model = common.build_stream_model(lm, config["state_batch"])
         optimizer = common.make_optimizer(
             FLAGS.optimizer,
             FLAGS.schedule,
@@ -243,15 +302,21 @@ def train():
         os.path.join(model_dir, "checkpoints"),
         keep=FLAGS.keep_checkpoints,
         log=lambda m: print(f"WARNING: {m}", file=sys.stderr, flush=True),
+        run_config=config,
     )
-    manifest, state = manager.restore(
-        lm, optimizer, iterator, model.trainable_variables
-    )
+    restored = manager.restore(lm, optimizer, iterator, model.trainable_variables)
     step = 0
-    if manifest is not None:
-        step = manifest["step"]
-        common.set_stream_state(model, state, training=True)
-        print(f"Resuming from step {step} ({manager.checkpoints()[0]})", flush=True)
+    pending = []  # batches drawn from the iterator but not trained on yet
+    if restored.manifest is not None:
+        step = restored.manifest["step"]
+        common.set_stream_state(model, restored.state, training=True)
+        pending = unstack_batches(restored.pending)
+        print(
+            f"Resuming from step {step} "
+            f"({os.path.join(manager.directory, f'ckpt-{step:08d}')})",
+            flush=True,
+        )
+    saved_step = step
     history_path = os.path.join(model_dir, "history.jsonl")
     read_history(history_path, step)
     writer = (
@@ -259,7 +324,8 @@ def train():
         if setup.process_index == 0
         else None
     )
-    logger = StepLogger(history_path, writer, global_batch * L)
+    progress = Progress(FLAGS.steps, step, FLAGS.verbose)
+    logger = StepLogger(history_path, writer, global_batch * L, progress)
     n_params = sum(int(np.prod(v.shape)) for v in lm.trainable_weights)
     print(
         f"{config['preset']}/{config['size']}: {n_params / 1e6:.2f}M parameters, backend "
@@ -267,43 +333,54 @@ def train():
         f"batch {global_batch} x {L} tokens, {FLAGS.steps} steps",
         flush=True,
     )
+
+    def save():
+        return manager.save(
+            step,
+            lm,
+            optimizer,
+            common.get_stream_state(model, training=True),
+            iterator,
+            extra={"backend": config["backend"]},
+            pending=stack_batches(pending) if pending else None,
+        )
+
     chunk = max(1, min(FLAGS.chunk_steps, FLAGS.checkpoint_every))
     t_start = time.time()
     start_step = step
-    while step < FLAGS.steps:
+    callbacks = [logger, preempt.callback()]
+    while step < FLAGS.steps and not preempt.requested:
         next_ckpt = (step // FLAGS.checkpoint_every + 1) * FLAGS.checkpoint_every
         n = min(chunk, FLAGS.steps - step, next_ckpt - step)
-        batches = [next(iterator) for _ in range(n)]
-        stacked = {
-            k: np.stack([b[k].numpy() for b in batches])
-            for k in ("token_ids", "start_of_sequence")
-        }
-        chunk_ds = tf.data.Dataset.from_tensor_slices(stacked).map(
+        batches = draw_batches(iterator, pending, n)
+        chunk_ds = tf.data.Dataset.from_tensor_slices(stack_batches(batches)).map(
             common.to_model_inputs
         )
         logger.start_step = step
-        if FLAGS.verbose:
-            print(f"steps {step + 1}-{step + n} of {FLAGS.steps}", flush=True)
-        epoch = step // chunk
-        model.fit(
-            chunk_ds,
-            initial_epoch=epoch,
-            epochs=epoch + 1,
-            verbose=FLAGS.verbose,
-            callbacks=[logger],
-            shuffle=False,
+        model.fit(chunk_ds, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)
+        done = logger.batches_done
+        step += done
+        # A preemption stops fit early: the rest were drawn, not trained on.
+        pending = batches[done:] + pending
+        progress.end_chunk(
+            logger.last.get("loss"), logger.last.get("tokens_per_second")
         )
-        step += n
         if step % FLAGS.checkpoint_every == 0 or step == FLAGS.steps:
-            path = manager.save(
-                step,
-                lm,
-                optimizer,
-                common.get_stream_state(model, training=True),
-                iterator,
-                extra={"backend": config["backend"]},
-            )
+            path = save()
+            saved_step = step
             logging.info("checkpoint %s", path)
+    if preempt.requested and step < FLAGS.steps:
+        path = os.path.join(manager.directory, f"ckpt-{step:08d}")
+        if step != saved_step or not os.path.isdir(path):
+            path = save()
+        if writer is not None:
+            writer.flush()
+        progress.message(
+            f"{preempt.signal_name} received: stopped after step {step}; checkpoint "
+            f"{path}. Re-run the same command to resume. Exit status "
+            f"{preemption.EXIT_STATUS} (preempted)."
+        )
+        sys.exit(preemption.EXIT_STATUS)
     elapsed = time.time() - t_start
     records = read_history(history_path, step)
     if writer is not None:
