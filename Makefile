@@ -62,7 +62,7 @@ clean:
 # benchmarks/results/. `make bench BENCH_FLAGS=--quick` for a smoke run.
 BENCH_FLAGS ?=
 BENCH_SCRIPTS := step_time utilisation scaling generation peer_pytorch \
-	long_range_recall corpus_ranking profile_step data_throughput
+	long_range_recall memory_value corpus_ranking profile_step data_throughput
 bench: venv
 	for s in $(BENCH_SCRIPTS); do \
 		PYTHONPATH=. $(BIN)/python -m benchmarks.$$s $(BENCH_FLAGS) || exit 1; \

@@ -1,0 +1,395 @@
+"""What the recurrent state is worth on real long documents.
+
+Trains `rec_fixed_skip`, `slide_12` and `xl_512` (the same size, byte tokens,
+equal tokens per step) on the offline code and books corpora through the real
+trainer (`python -m trainers.train`), then evaluates each on the test split
+through `python -m trainers.evaluate` twice: with the state carried through
+each document (`--reset_state never`) and reset at every segment start
+(`--reset_state every_segment`, the memory ablation), with bits/token by
+position in the document and 95 % bootstrap intervals over documents.
+
+    python -m benchmarks.memory_value                     # full: hours, resumable
+    python -m benchmarks.memory_value --quick             # smoke run, ~minutes
+
+Resumable and idempotent: every (corpus, preset) has its own run directory
+under `--runs-dir`; re-running the same command continues each training run
+from its newest checkpoint (the trainer's own resume), skips evaluations whose
+JSON already exists, and rewrites the report from what is there. A run that is
+not finished is reported as such, with its step and the measured tokens/s.
+
+Reported for every model: bits/token carried, reset, and the difference
+(reset - carried) with a paired bootstrap interval over documents; the
+by-position curves (one per model, one panel per corpus) in
+`memory_value.png`.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+PRESETS = ("rec_fixed_skip", "slide_12", "xl_512")
+# The paper, GitHub, 150M, bits/token (Table 1), and the order it gives.
+PAPER_GITHUB = {
+    "rec_fixed_skip": 0.976,
+    "xl_2048": 1.01,
+    "slide_13": 1.17,
+    "slide_12": 1.19,
+    "xl_512": 1.21,
+}
+PAPER_PG19 = {"rec_fixed_skip": 3.53, "slide_12": 3.6, "xl_512": 3.62}
+
+
+def segment_and_batch(preset, size, tokens_per_step):
+    """The preset's training segment and the batch giving `tokens_per_step`."""
+    from brt_keras.models import presets
+
+    segment = presets.preset_config(preset, size)["segment_length"]
+    if tokens_per_step % segment:
+        raise ValueError(
+            f"--tokens-per-step {tokens_per_step} is not a multiple of "
+            f"{preset}'s segment {segment} at size {size}."
+        )
+    return segment, tokens_per_step // segment
+
+
+def run_command(cmd, log_path):
+    """Runs `cmd` with the repository as cwd, appending output to
+    `log_path`; returns the exit status."""
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(cmd)}  # {time.strftime('%Y-%m-%dT%H:%M:%SZ')}\n")
+        log.flush()
+        return subprocess.call(
+            cmd, cwd=common.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def history(run_dir):
+    path = os.path.join(run_dir, "history.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line cut by an interruption
+    return rows
+
+
+def tokens_per_second(rows):
+    speeds = [r["tokens_per_second"] for r in rows[-200:] if r.get("tokens_per_second")]
+    return float(np.median(speeds)) if speeds else None
+
+
+def train(corpus, preset, args, data_dir, run_dir):
+    segment, batch = segment_and_batch(preset, args.size, args.tokens_per_step)
+    steps = math.ceil(args.train_tokens / args.tokens_per_step)
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainers.train",
+        f"--model_dir={run_dir}",
+        f"--preset={preset}",
+        f"--size={args.size}",
+        f"--corpus={corpus}",
+        f"--data_dir={data_dir}",
+        f"--steps={steps}",
+        f"--batch_size={batch}",
+        f"--segment_length={segment}",
+        "--tokenizer=bytes",
+        f"--warmup_steps={min(args.warmup_steps, max(1, steps // 10))}",
+        f"--checkpoint_every={args.checkpoint_every}",
+        f"--chunk_steps={min(args.checkpoint_every, 50)}",
+        f"--seed={args.seed}",
+        "--verbose=0",
+    ]
+    if args.backend:
+        cmd.append(f"--backend={args.backend}")
+    os.makedirs(run_dir, exist_ok=True)
+    rc = run_command(cmd, os.path.join(run_dir, "memory_value_train.log"))
+    return rc, steps
+
+
+def eval_path(run_dir, reset):
+    return os.path.join(run_dir, f"memory_value_eval_{reset}.json")
+
+
+def evaluate(corpus, preset, args, data_dir, run_dir, reset):
+    out = eval_path(run_dir, reset)
+    if os.path.exists(out):
+        return 0
+    tmp = out[: -len(".json")] + "_partial.json"
+    segment, _ = segment_and_batch(preset, args.size, args.tokens_per_step)
+    slots = args.eval_batch
+    segments = math.ceil(args.eval_tokens / (slots * segment))
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainers.evaluate",
+        f"--model_dir={run_dir}",
+        f"--corpus={corpus}",
+        f"--data_dir={data_dir}",
+        "--split=test",
+        f"--batch_size={slots}",
+        f"--max_segments={segments}",
+        f"--reset_state={reset}",
+        "--by_position",
+        f"--bootstrap={args.bootstrap}",
+        f"--label={preset}",
+        f"--output={tmp}",
+    ]
+    if args.backend:
+        cmd.append(f"--backend={args.backend}")
+    rc = run_command(cmd, os.path.join(run_dir, "memory_value_eval.log"))
+    if rc == 0 and os.path.exists(tmp):
+        os.replace(tmp, out)  # only a finished evaluation counts
+    return rc
+
+
+def paired_difference(carried, reset, resamples):
+    """Reset minus carried bits/token with a paired 95 % bootstrap interval
+    over the documents both evaluations scored (`trainers.scoring`)."""
+    from trainers import scoring
+
+    return scoring.paired_difference(carried, reset, samples=resamples)
+
+
+def interval(result):
+    return (result.get("bootstrap") or {}).get("bits_per_token")
+
+
+def build_quick_corpus(data_dir):
+    """A tiny code corpus (this repository's Python files) for the smoke run;
+    returns the corpus name."""
+    name = "memory_value_quick"
+    if os.path.isdir(os.path.join(data_dir, name)):
+        return name
+    cmd = [
+        sys.executable,
+        "-m",
+        "data.build",
+        "--corpus=text",
+        f"--raw_dir={os.path.join(common.REPO_ROOT, 'brt_keras')}",
+        f"--name={name}",
+        f"--data_dir={data_dir}",
+        "--extensions=.py",
+    ]
+    os.makedirs(data_dir, exist_ok=True)
+    rc = run_command(cmd, os.path.join(data_dir, "build.log"))
+    if rc:
+        raise SystemExit(f"building the quick corpus failed; see {data_dir}/build.log")
+    return name
+
+
+def plot(results, corpora, args):
+    fig, axes = common.new_figure(ncols=len(corpora), width=5.5 * len(corpora))
+    axes = np.atleast_1d(axes)
+    for ax, corpus in zip(axes, corpora):
+        for j, preset in enumerate(args.presets.split(",")):
+            r = results.get((corpus, preset), {})
+            for reset, ls in (("never", "-"), ("every_segment", ":")):
+                curve = (r.get(reset) or {}).get("by_position")
+                if not curve:
+                    continue
+                xs = [b.get("start", 0) + 1 for b in curve]
+                ys = [b["bits_per_token"] for b in curve]
+                ax.plot(
+                    xs,
+                    ys,
+                    ls,
+                    marker="o",
+                    ms=3,
+                    color=f"C{j}",
+                    label=f"{preset}" + ("" if reset == "never" else " (reset)"),
+                )
+        ax.axvline(
+            args.receptive_field, color="grey", lw=0.8, label="slide_12 receptive field"
+        )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("position in document (bucket start + 1)")
+        ax.set_ylabel("bits/token")
+        ax.set_title(corpus)
+        ax.legend(fontsize=7)
+    return common.save_figure(fig, "memory_value", args.out_dir)
+
+
+def parser():
+    p = common.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--size", default="mini")
+    p.add_argument("--presets", default=",".join(PRESETS))
+    p.add_argument("--corpora", default="code,books")
+    p.add_argument("--code-data-dir", default=os.environ.get("BRT_CODE_DATA_DIR"))
+    p.add_argument("--books-data-dir", default=os.environ.get("BRT_BOOKS_DATA_DIR"))
+    p.add_argument(
+        "--runs-dir",
+        default=os.path.join(common.REPO_ROOT, "benchmarks", "results", "memory_value"),
+    )
+    p.add_argument("--train-tokens", type=int, default=10_000_000)
+    p.add_argument("--tokens-per-step", type=int, default=2048)
+    p.add_argument("--warmup-steps", type=int, default=300)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--eval-tokens", type=int, default=1_000_000)
+    p.add_argument("--eval-batch", type=int, default=4)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--backend", default=None, help="tensorflow (default) or jax")
+    p.add_argument(
+        "--train-only", action="store_true", help="train, do not evaluate yet"
+    )
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    if args.quick:
+        args.size = "tiny"
+        args.train_tokens = 20 * 128
+        args.tokens_per_step = 128
+        args.eval_tokens = 2 * 2 * 32
+        args.eval_batch = 2
+        args.bootstrap = 50
+        args.checkpoint_every = 10
+        args.warmup_steps = 2
+        args.runs_dir = os.path.join(args.out_dir or "/tmp", "memory_value_quick")
+        quick_data = os.path.join(args.runs_dir, "tfds")
+        shutil.rmtree(args.runs_dir, ignore_errors=True)
+        corpus = build_quick_corpus(quick_data)
+        corpora = {corpus: quick_data}
+    else:
+        corpora = {}
+        for corpus in args.corpora.split(","):
+            # Like the trainers: TFDS's default data_dir unless given.
+            data_dir = getattr(args, f"{corpus}_data_dir", None) or os.environ.get(
+                "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets")
+            )
+            corpora[corpus] = data_dir
+    from brt_keras.models import presets as preset_lib
+
+    config = preset_lib.preset_config("slide_12", args.size)
+    args.receptive_field = config["num_layers"] * config["block_size"]
+    presets = args.presets.split(",")
+    results = {}
+    rows = []
+    notes = []
+    pending = []
+    for corpus, data_dir in corpora.items():
+        for preset in presets:
+            run_dir = os.path.join(args.runs_dir, f"{corpus}_{preset}")
+            common.log(f"[memory_value] {corpus} {preset}: train ({run_dir})")
+            rc, steps = train(corpus, preset, args, data_dir, run_dir)
+            rows_h = history(run_dir)
+            done_step = rows_h[-1]["step"] if rows_h else 0
+            speed = tokens_per_second(rows_h)
+            entry = {"run_dir": run_dir, "steps": steps, "step": done_step}
+            entry["tokens_per_second"] = speed
+            results[(corpus, preset)] = entry
+            if rc or done_step < steps:
+                pending.append((corpus, preset, done_step, steps, speed, rc))
+                continue
+            if args.train_only:
+                continue
+            for reset in ("never", "every_segment"):
+                common.log(f"[memory_value] {corpus} {preset}: evaluate {reset}")
+                if evaluate(corpus, preset, args, data_dir, run_dir, reset):
+                    notes.append(
+                        f"{corpus} {preset}: evaluation ({reset}) failed; see "
+                        f"{run_dir}/memory_value_eval.log"
+                    )
+                path = eval_path(run_dir, reset)
+                if os.path.exists(path):
+                    with open(path) as f:
+                        entry[reset] = json.load(f)
+            if entry.get("never") and entry.get("every_segment"):
+                entry["difference"] = paired_difference(
+                    entry["never"], entry["every_segment"], args.bootstrap
+                )
+    for (corpus, preset), entry in results.items():
+        carried, reset = entry.get("never"), entry.get("every_segment")
+        diff = entry.get("difference") or {}
+
+        def fmt(result):
+            if not result:
+                return "-"
+            value = result["bits_per_token"]
+            ci = interval(result)
+            return f"{value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+        rows.append(
+            [
+                corpus,
+                preset,
+                f"{entry['step']}/{entry['steps']}",
+                fmt(carried),
+                fmt(reset),
+                (
+                    f"{diff['difference']:+.4f} [{diff['interval'][0]:+.4f}, "
+                    f"{diff['interval'][1]:+.4f}]"
+                    if diff
+                    else "-"
+                ),
+                (carried or {}).get("tokens", "-"),
+                PAPER_GITHUB.get(preset)
+                if corpus == "code"
+                else PAPER_PG19.get(preset),
+            ]
+        )
+    total_left = 0.0
+    for corpus, preset, step, steps, speed, rc in pending:
+        left = (steps - step) * args.tokens_per_step
+        eta = left / speed if speed else None
+        total_left += eta or 0.0
+        notes.append(
+            f"{corpus} {preset}: training at step {step}/{steps}"
+            + (f" (trainer exit {rc})" if rc else "")
+            + (
+                f", {speed:.0f} tokens/s: ~{eta / 3600:.1f} h to go on this machine"
+                if speed
+                else ""
+            )
+            + "; re-run the same command to continue"
+        )
+    if pending:
+        notes.append(f"training left in all: ~{total_left / 3600:.1f} h (sequential)")
+    notes.append(
+        f"{args.size}, byte tokens, {args.tokens_per_step} tokens/step for every "
+        f"model, {args.train_tokens:,} training tokens per model; evaluation on "
+        f"up to {args.eval_tokens:,} test tokens per model, {args.bootstrap} "
+        "bootstrap resamples over documents; slide_12 receptive field "
+        f"{args.receptive_field} tokens. Paper column: 150M models, T5 tokens, "
+        "GitHub (code) / PG19 (books) bits/token; compare the order only."
+    )
+    png = plot(results, list(corpora), args)
+    common.report(
+        "memory_value",
+        "What the recurrent state is worth (bits/token, carried vs reset)",
+        [
+            "corpus",
+            "preset",
+            "step",
+            "bits/token carried [95% CI]",
+            "reset every segment",
+            "reset - carried [95% CI]",
+            "eval tokens",
+            "paper",
+        ],
+        rows,
+        {
+            "config": vars(args),
+            "results": {f"{c}/{p}": e for (c, p), e in results.items()},
+            "plot": png,
+        },
+        args.out_dir,
+        notes,
+    )
+
+
+if __name__ == "__main__":
+    main()
