@@ -247,21 +247,24 @@ def plot_by_position(curves, path, title=None, receptive_field=None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
+    ticks = {}
     for label, buckets in curves:
-        pts = [
-            (math.sqrt(max(b["start"], 1) * (b["end"] + 1)), b["bits_per_token"])
-            for b in buckets
-            if b["bits_per_token"] is not None
-        ]
+        pts = []
+        for b in buckets:
+            k = int(position_bucket([b["start"]])[0])
+            ticks.setdefault(k, f"{b['start']}-")
+            if b["bits_per_token"] is not None:
+                pts.append((k, b["bits_per_token"]))
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, marker="o", lw=1.5, label=label)
     if receptive_field:
-        ax.axvline(
-            receptive_field, color="grey", ls="--", lw=1, label="receptive field"
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("position in the document (tokens; log2 buckets, 0-255 first)")
+        # Fractional bucket index: bucket k starts at 256 * 2**(k-1).
+        r = receptive_field
+        x = r / FIRST_BUCKET if r < FIRST_BUCKET else math.log2(r / FIRST_BUCKET) + 1
+        ax.axvline(x, color="grey", ls="--", lw=1, label=f"receptive field ({r})")
+    ax.set_xticks(sorted(ticks), [ticks[k] for k in sorted(ticks)])
+    ax.set_xlabel("position in the document (tokens; log2 buckets)")
     ax.set_ylabel("bits per token")
     if title:
         ax.set_title(title)
