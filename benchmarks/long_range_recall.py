@@ -54,7 +54,7 @@ RECIPE = dict(
     temperature_init=8.0,
     temperature_parameterization="log",
     temperature_lr_multiplier=10.0,
-    curriculum="1,2,4,8",
+    curriculum="8@0,8",
 )
 # What "removing a lever" resets it to (the reference / script default).
 LEVER_DEFAULTS = dict(
@@ -69,7 +69,7 @@ LEVERS = {
     "temperature init 8": ("temperature_init",),
     "log temperature": ("temperature_parameterization",),
     "temperature lr x10": ("temperature_lr_multiplier",),
-    "curriculum": ("curriculum",),
+    "curriculum (8 pairs within the window first)": ("curriculum",),
     "recurrent layer 1 of 3": ("recurrent_layer",),
     "S = 16": ("num_states",),
 }
@@ -173,10 +173,28 @@ def no_binding_accuracy(pairs, num_values, samples=20000, seed=0):
     return hits / samples
 
 
-def parse_curriculum(text, pairs):
-    """`"1,2,4,8"` -> stages `[1, 2, 4, 8]` ending at `pairs` ("" -> none)."""
-    stages = [int(s) for s in text.split(",") if s.strip()] if text else []
-    stages = [p for p in stages if p < pairs] + [pairs]
+def parse_curriculum(text, pairs, query_block, pair_blocks=1):
+    """Stages `[(pairs, query_block), ...]` from `"P,P@G,..."`.
+
+    `P` asks P pairs at the final query block; `P@G` asks them in the block
+    `G` blocks after the pair block (`0`: the next block, within the sliding
+    stack's reach, where the window can learn the key -> value lookup that
+    the state's write later reuses). The last stage is always
+    `(pairs, query_block)`; "" means no curriculum."""
+    stages = []
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        p, _, gap = item.partition("@")
+        block = pair_blocks + int(gap) if gap else query_block
+        if not 1 <= int(p) <= pairs or not pair_blocks <= block <= query_block:
+            raise ValueError(
+                f"curriculum stage {item!r}: pairs must lie in [1, {pairs}] and "
+                f"the gap in [0, {query_block - pair_blocks}]."
+            )
+        stages.append((int(p), block))
+    if not stages or stages[-1] != (pairs, query_block):
+        stages.append((pairs, query_block))
     return stages
 
 
@@ -310,26 +328,27 @@ def train_and_eval(variant, seed, args):
     step = common.TrainStep(lm, optimizer=optimizer)
     forward = common.forward_fn(lm)
     rng = np.random.default_rng(1000 + seed)
-    stages = parse_curriculum(args.curriculum, args.pairs)
+    stages = parse_curriculum(args.curriculum, args.pairs, query_block, pair_blocks)
     stage = 0
     data = dict(
         w=w,
         num_keys=args.keys,
         num_values=args.values,
         num_filler=args.filler,
-        query_block=query_block,
         blocks=blocks,
         query_marker=args.query_marker,
     )
     sos = np.ones((args.batch,), bool)
 
-    def evaluate(pairs, batches, seed_):
+    def evaluate(pairs, query_block, batches, seed_):
         eval_rng = np.random.default_rng(seed_)
         pos = query_positions(w, pairs, query_block, args.query_marker)
         per_query = np.zeros(pairs)
         n = 0
         for _ in range(batches):
-            x, y = make_batch(eval_rng, args.batch, pairs=pairs, **data)
+            x, y = make_batch(
+                eval_rng, args.batch, pairs=pairs, query_block=query_block, **data
+            )
             logits, _ = forward(x, lm.get_initial_state(args.batch))
             pred = np.argmax(np.asarray(logits), -1)
             per_query += np.sum(pred[:, pos] == y[:, pos], 0)
@@ -341,16 +360,17 @@ def train_and_eval(variant, seed, args):
     t0 = time.perf_counter()
     loss_sum = loss_n = 0
     for i in range(args.steps):
-        pairs = stages[stage]
-        x, y = make_batch(rng, args.batch, pairs=pairs, **data)
+        pairs, block = stages[stage]
+        x, y = make_batch(rng, args.batch, pairs=pairs, query_block=block, **data)
         loss, _ = step(x, y, lm.get_initial_state(args.batch), sos)
         loss_sum += float(np.asarray(loss))
         loss_n += 1
         if (i + 1) % args.eval_every == 0 or i + 1 == args.steps:
-            by_query, xe, pos = evaluate(pairs, 2, 7 + i)
+            by_query, xe, pos = evaluate(pairs, block, 2, 7 + i)
             entry = {
                 "step": i + 1,
                 "pairs": pairs,
+                "query_block": block,
                 "loss": loss_sum / loss_n,
                 "accuracy": float(by_query.mean()),
                 "accuracy_by_query": by_query.tolist(),
@@ -364,7 +384,7 @@ def train_and_eval(variant, seed, args):
             history.append(entry)
             loss_sum = loss_n = 0
             common.log(
-                f"  step {i + 1} pairs {pairs} loss {entry['loss']:.3f} "
+                f"  step {i + 1} pairs {pairs}@{block} loss {entry['loss']:.3f} "
                 f"acc {entry['accuracy']:.3f} (no-binding {entry['no_binding']:.3f})"
                 + (
                     f" write H {entry['write_entropy']:.2f} read H "
@@ -376,9 +396,9 @@ def train_and_eval(variant, seed, args):
             if stage + 1 < len(stages) and entry["accuracy"] >= args.advance_at:
                 stage += 1
                 stage_log.append((i + 1, stages[stage]))
-                common.log(f"  curriculum: {stages[stage]} pairs from step {i + 1}")
+                common.log(f"  curriculum: stage {stages[stage]} from step {i + 1}")
     train_s = time.perf_counter() - t0
-    by_query, _, _ = evaluate(args.pairs, args.eval_batches, 99999)
+    by_query, _, _ = evaluate(args.pairs, query_block, args.eval_batches, 99999)
     return {
         "variant": variant,
         "seed": seed,
@@ -405,7 +425,7 @@ def train_and_eval(variant, seed, args):
 
 
 def plot_diagnostics(results, args, name):
-    fig, axes = common.new_figure(ncols=4, width=16.0, height=3.6)
+    fig, axes = common.new_figure(ncols=4, width=4.0, height=3.6)
     for j, r in enumerate(results):
         h = r["history"]
         steps = [e["step"] for e in h]
@@ -496,7 +516,8 @@ def parser():
     p.add_argument(
         "--curriculum",
         default="",
-        help="pairs per stage, e.g. 1,2,4,8 (advance at --advance-at accuracy)",
+        help="stages P or P@G (P pairs, queries G blocks after the pair block;"
+        " G=0: within the window), e.g. 8@0,8; advance at --advance-at accuracy",
     )
     p.add_argument("--advance-at", type=float, default=0.95)
     p.add_argument("--recipe", action="store_true", help="the documented recipe")

@@ -191,7 +191,7 @@ def build_quick_corpus(data_dir):
 
 
 def plot(results, corpora, args):
-    fig, axes = common.new_figure(ncols=len(corpora), width=5.5 * len(corpora))
+    fig, axes = common.new_figure(ncols=len(corpora), width=5.5)
     axes = np.atleast_1d(axes)
     for ax, corpus in zip(axes, corpora):
         for j, preset in enumerate(args.presets.split(",")):

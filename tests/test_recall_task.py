@@ -74,6 +74,11 @@ def test_no_binding_ceiling_formula():
 
 
 def test_curriculum_ends_at_the_target():
-    assert recall.parse_curriculum("1,2,4,8", 8) == [1, 2, 4, 8]
-    assert recall.parse_curriculum("1,2,4,8,16", 4) == [1, 2, 4]
-    assert recall.parse_curriculum("", 8) == [8]
+    # Layout: pairs in block 0, final queries in block 4.
+    assert recall.parse_curriculum("1,2,4,8", 8, 4) == [(1, 4), (2, 4), (4, 4), (8, 4)]
+    assert recall.parse_curriculum("4@0,8@0", 8, 4) == [(4, 1), (8, 1), (8, 4)]
+    assert recall.parse_curriculum("", 8, 4) == [(8, 4)]
+    with pytest.raises(ValueError, match="curriculum stage"):
+        recall.parse_curriculum("16", 8, 4)
+    with pytest.raises(ValueError, match="curriculum stage"):
+        recall.parse_curriculum("2@9", 8, 4)
