@@ -249,3 +249,60 @@ def test_guard_refuses_another_configuration_then_start_over(
         assert kept[name] == before[name], name
     with open(os.path.join(model_dir, "config.json")) as f:
         assert json.load(f)["preset"] == "slide_12"
+
+
+def test_two_jax_processes_stop_after_the_same_step(data_dir, tmp_path):
+    """SIGTERM to one process of a two-process JAX run: both stop after the
+    same step (the other would otherwise wait in the next step's
+    collectives), checkpoint it and exit with 75."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    model_dir = str(tmp_path)
+    procs = []
+    for pid in range(2):
+        args = [
+            sys.executable,
+            "-m",
+            "trainers.train",
+            "--model_dir",
+            model_dir,
+            "--data_dir",
+            data_dir,
+            *ARGS,
+            "--backend",
+            "jax",
+            "--strategy",
+            "jax_data_parallel",
+            "--num_processes",
+            "2",
+            "--process_id",
+            str(pid),
+            "--coordinator_address",
+            f"localhost:{port}",
+        ]
+        procs.append(
+            subprocess.Popen(
+                args,
+                cwd=testing.REPO,
+                env=testing.env_for("jax"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    dirs = [os.path.join(model_dir, f"process_{i}") for i in range(2)]
+    wait_for(lambda: len(history_steps(dirs[1])) >= 2, procs[1])
+    os.kill(procs[1].pid, signal.SIGTERM)
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == preemption.EXIT_STATUS, out[-2000:] + err[-3000:]
+    stops = [len(history_steps(d)) for d in dirs]
+    assert stops[0] == stops[1] < STEPS, stops
+    for d in dirs:
+        assert os.path.isdir(os.path.join(d, "checkpoints", f"ckpt-{stops[0]:08d}"))
+    assert "received: stopped after step" in outs[0][0]

@@ -9,6 +9,12 @@ distinct from success (0), errors (1), bad flags or a refused run directory
 (2) and death by a signal (128 + signal number, e.g. 143). Re-running the
 same command resumes exactly where it stopped. A second signal acts as if
 no handler were installed (SIGINT raises KeyboardInterrupt, SIGTERM kills).
+
+In a multi-process (multi-host JAX) run every process must stop after the
+same step, or the others would wait forever in the next step's collectives:
+`agree` combines the processes' flags (an all-gather of one integer), and
+the trainer calls it at the same points on every process (after each batch
+and before each chunk).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import signal
 import threading
 
 import keras
+import numpy as np
 
 EXIT_STATUS = 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -28,7 +35,7 @@ class _StopTraining(keras.callbacks.Callback):
         self.preemption = preemption
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.preemption.requested:
+        if self.preemption.agree():
             self.model.stop_training = True
 
 
@@ -37,20 +44,39 @@ class Preemption:
 
     Args:
         signals: the signals to handle.
+        process_count: the processes of a multi-process JAX run (see
+            `agree`).
     """
 
-    def __init__(self, signals=SIGNALS):
+    def __init__(self, signals=SIGNALS, process_count=1):
         self.signals = tuple(signals)
-        self.received = None  # the first signal's number
+        self.process_count = process_count
+        self.received = None  # the first signal's number, in this process
+        self.stopping = False  # agreed by all processes
         self._previous = {}
 
     @property
     def requested(self):
+        """Whether this process received a signal."""
         return self.received is not None
 
     @property
     def signal_name(self):
-        return signal.Signals(self.received).name if self.requested else None
+        if self.requested:
+            return signal.Signals(self.received).name
+        return "a signal (to another process)" if self.stopping else None
+
+    def agree(self):
+        """Whether to stop now: any process received a signal. With several
+        processes this is a collective: all must call it at the same point."""
+        stop = self.requested
+        if self.process_count > 1:
+            from jax.experimental import multihost_utils
+
+            flags = multihost_utils.process_allgather(np.array([int(stop)], np.int32))
+            stop = bool(np.any(flags))
+        self.stopping = self.stopping or stop
+        return self.stopping
 
     def _handle(self, signum, frame):
         # Only set a flag: printing here could re-enter a print in progress.

@@ -254,7 +254,10 @@ def train():
     if setup.process_count > 1:
         model_dir = os.path.join(model_dir, f"process_{setup.process_index}")
     # The lock first (one writer), then the guard, and only then a write.
-    with run_lock.RunLock(model_dir), preemption.Preemption() as preempt:
+    with (
+        run_lock.RunLock(model_dir),
+        preemption.Preemption(process_count=setup.process_count) as preempt,
+    ):
         run_dir.check(model_dir, config, FLAGS.start_over)
         common.write_json(os.path.join(model_dir, "config.json"), config)
         return run_training(config, setup, model_dir, preempt)
@@ -349,7 +352,7 @@ def run_training(config, setup, model_dir, preempt):
     t_start = time.time()
     start_step = step
     callbacks = [logger, preempt.callback()]
-    while step < FLAGS.steps and not preempt.requested:
+    while step < FLAGS.steps and not preempt.agree():
         next_ckpt = (step // FLAGS.checkpoint_every + 1) * FLAGS.checkpoint_every
         n = min(chunk, FLAGS.steps - step, next_ckpt - step)
         batches = draw_batches(iterator, pending, n)
@@ -369,7 +372,7 @@ def run_training(config, setup, model_dir, preempt):
             path = save()
             saved_step = step
             logging.info("checkpoint %s", path)
-    if preempt.requested and step < FLAGS.steps:
+    if preempt.stopping and step < FLAGS.steps:
         path = os.path.join(manager.directory, f"ckpt-{step:08d}")
         if step != saved_step or not os.path.isdir(path):
             path = save()
