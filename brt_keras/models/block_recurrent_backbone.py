@@ -1,10 +1,12 @@
 """Embedding, a stack of sliding-window / recurrent layers, final RMS norm."""
 
 import keras
+import keras_hub
 import numpy as np
 from keras import ops
 
 from brt_keras.layers.block_recurrent_layer import BlockRecurrentLayer
+from brt_keras.layers.rms_norm import RMSNorm
 from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
 from brt_keras.layers.sliding_window_layer import reset_where
 from brt_keras.layers.tiled_dropout import TiledDropout
@@ -27,8 +29,8 @@ def check_token_ids(token_ids, vocabulary_size):
 
 
 @keras.saving.register_keras_serializable(package="brt_keras")
-class BlockRecurrentBackbone(keras.Model):
-    """The Block-Recurrent Transformer layer stack.
+class BlockRecurrentBackbone(keras_hub.models.Backbone):
+    """The Block-Recurrent Transformer layer stack (a keras-hub `Backbone`).
 
     token embedding (N(0, 1), unscaled, no absolute positions) -> layers ->
     final RMSNorm -> dropout. Every layer is a `SlidingWindowLayer` except
@@ -154,7 +156,7 @@ class BlockRecurrentBackbone(keras.Model):
                     cross_attention=feedback, name=f"transformer{i}", **sizes
                 )
             self.transformer_layers.append(layer)
-        self.final_norm = keras.layers.RMSNormalization(
+        self.final_norm = RMSNorm(
             epsilon=1e-6, dtype=self.dtype_policy, name="final_layernorm"
         )
         self.final_dropout = TiledDropout(dropout, dtype=self.dtype_policy)

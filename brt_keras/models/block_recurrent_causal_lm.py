@@ -1,24 +1,83 @@
 """Causal language model on the Block-Recurrent Transformer backbone."""
 
+import contextlib
 import math
+import os
 
 import keras
+import keras_hub
+import numpy as np
 from keras import ops
 
+from brt_keras import samplers
+from brt_keras.layers.readout import tied_readout
 from brt_keras.models import presets
 from brt_keras.models.block_recurrent_backbone import BlockRecurrentBackbone
 from brt_keras.models.block_recurrent_backbone import check_token_ids
-from brt_keras.samplers import get as get_sampler
+from brt_keras.models.block_recurrent_causal_lm_preprocessor import (
+    BlockRecurrentCausalLMPreprocessor,
+)
+
+# `generate` compiles once per batch size and multiple of this many tokens.
+LENGTH_BUCKET = 64
+
+# Preset directories shipped with the package: `from_preset("<name>")`.
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "presets")
+
+
+def shipped_presets():
+    """`{name: directory}` of the preset directories in `brt_keras/presets/`."""
+    if not os.path.isdir(PRESETS_DIR):
+        return {}
+    return {
+        name: os.path.join(PRESETS_DIR, name)
+        for name in sorted(os.listdir(PRESETS_DIR))
+        if os.path.isfile(os.path.join(PRESETS_DIR, name, "config.json"))
+    }
+
+
+def _is_token_ids(inputs):
+    """Integer arrays, tensors or nested lists of ints (not text, not dicts)."""
+    if isinstance(inputs, (dict, str, bytes)):
+        return False
+    if isinstance(inputs, (list, tuple)):
+        flat = inputs
+        while isinstance(flat, (list, tuple)) and flat:
+            flat = flat[0]
+        return isinstance(flat, (int, np.integer))
+    dtype = getattr(inputs, "dtype", None)
+    if dtype is None:
+        return False
+    try:
+        return "int" in keras.backend.standardize_dtype(dtype)
+    except ValueError:  # e.g. tf.string
+        return False
+
+
+def _stop_mask(token_ids, stop_token_ids, padding_mask):
+    """True where a generated (unmasked) token is one of `stop_token_ids`."""
+    found = ops.zeros_like(token_ids, dtype="bool")
+    for stop in stop_token_ids:
+        found = ops.logical_or(found, ops.equal(token_ids, stop))
+    return ops.logical_and(found, ops.logical_not(padding_mask))
 
 
 @keras.saving.register_keras_serializable(package="brt_keras")
-class BlockRecurrentCausalLM(keras.Model):
-    """Block-Recurrent Transformer language model.
+class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
+    """Block-Recurrent Transformer language model (a keras-hub `CausalLM`).
 
     `logits = RMSNorm(stack(embed(ids))) @ E^T / sqrt(vocabulary_size)` with
     the input embedding E tied to the readout (the reference divides by
     sqrt(V), which pairs with E ~ N(0, 1)). The loss masks positions whose
     input or target id is 0 (padding).
+
+    Text in, text out (keras-hub's contract): with a preprocessor attached
+    (presets saved by `save_to_preset` carry one),
+    `lm.generate("It is a truth", max_length=200)` returns a string, a list
+    for a list; `lm.compile(sampler="top_p")` picks the sampler. Generation
+    runs on the constant-cost decoder: `call_with_cache` feeds one token to
+    `decode_step` and, at the end of each block, `end_block` folds the block
+    into the recurrent state; the cache never grows.
 
     State is explicit (no `stateful=True`):
     `state = lm.get_initial_state(B)`, then
@@ -27,6 +86,8 @@ class BlockRecurrentCausalLM(keras.Model):
 
     Args:
         backbone: a `BlockRecurrentBackbone`.
+        preprocessor: None or a `BlockRecurrentCausalLMPreprocessor` (needed
+            for text in `generate`, `fit` and `save_to_preset` round trips).
         segment_length: int, the training segment L (metadata for trainers).
 
     Example:
@@ -39,21 +100,61 @@ class BlockRecurrentCausalLM(keras.Model):
     (2, 15)
     """
 
-    def __init__(self, backbone, segment_length=None, **kwargs):
-        super().__init__(**kwargs)
+    backbone_cls = BlockRecurrentBackbone
+    preprocessor_cls = BlockRecurrentCausalLMPreprocessor
+
+    def __init__(self, backbone, preprocessor=None, segment_length=None, **kwargs):
+        compile_now = kwargs.pop("compile", True)
+        super().__init__(compile=False, **kwargs)
         self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.dtype_policy = backbone.dtype_policy
         self.segment_length = segment_length or backbone.block_size
+        self._generate_functions = {}
         self.built = True
+        if compile_now:
+            self.compile()
 
     # === Construction ===
 
     @classmethod
-    def from_preset(cls, variant, size="medium_150m", **overrides):
-        """A model of the paper's `variant` (see `presets.VARIANTS`) at `size`
-        (see `presets.SIZES`); `overrides` are config keys."""
-        config = presets.preset_config(variant, size, **overrides)
-        segment_length = config.pop("segment_length")
-        return cls(BlockRecurrentBackbone(**config), segment_length=segment_length)
+    def from_preset(cls, preset, size=None, load_weights=True, **kwargs):
+        """A model from a preset.
+
+        `preset` is one of:
+        - a variant of the paper (see `presets.VARIANTS`, e.g.
+          `"rec_fixed_skip"`) with `size` (see `presets.SIZES`, default
+          `"medium_150m"`): an architecture with fresh weights and no
+          tokenizer; `kwargs` are config overrides;
+        - the name of a preset directory shipped in `brt_keras/presets/`
+          (`shipped_presets()`), loaded without network;
+        - a preset directory written by `save_to_preset` (or any keras-hub
+          handle): weights, config and tokenizer. `kwargs` go to keras-hub's
+          `CausalLM.from_preset` (e.g. `dtype`).
+        """
+        if preset in presets.VARIANTS:
+            config = presets.preset_config(preset, size or "medium_150m", **kwargs)
+            segment_length = config.pop("segment_length")
+            return cls(BlockRecurrentBackbone(**config), segment_length=segment_length)
+        if size is not None:
+            raise ValueError(
+                f"size={size!r} applies to the architecture presets "
+                f"({', '.join(presets.VARIANTS)}); {preset!r} is a preset "
+                "directory and has its own size."
+            )
+        preset = shipped_presets().get(preset, preset)
+        if (
+            isinstance(preset, str)
+            and "://" not in preset
+            and not os.path.exists(preset)
+        ):
+            raise ValueError(
+                f"Unknown preset {preset!r}. Available: architecture presets "
+                f"{', '.join(presets.VARIANTS)} (with size=...), shipped presets "
+                f"{', '.join(shipped_presets()) or '(none)'}, or a preset "
+                "directory written by `save_to_preset`."
+            )
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
     @classmethod
     def from_meliad(cls, params, segment_length=None, **config):
@@ -68,9 +169,8 @@ class BlockRecurrentCausalLM(keras.Model):
     # === Forward ===
 
     def _logits(self, hidden):
-        embeddings = self.backbone.token_embedding.embeddings
-        logits = ops.matmul(hidden, ops.transpose(ops.cast(embeddings, hidden.dtype)))
-        logits = ops.cast(logits, "float32")
+        # tied_readout also undoes an int8-quantized table's per-row scale.
+        logits = tied_readout(self.backbone.token_embedding, hidden)
         return logits / math.sqrt(self.backbone.vocabulary_size)
 
     def get_initial_state(self, batch_size):
@@ -84,13 +184,16 @@ class BlockRecurrentCausalLM(keras.Model):
         )
         return self._logits(hidden), state
 
-    def call(self, token_ids, training=None):
+    def call(self, inputs, training=None):
+        """Logits for `[B, L]` ids (or the preprocessor's dict of them)."""
+        token_ids = inputs["token_ids"] if isinstance(inputs, dict) else inputs
         return self._logits(self.backbone(token_ids, training=training))
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        # Pad id 0 on the input or the target side is never a target.
+        # Pad id 0 on the input or the target side is never a target (the
+        # preprocessor's dict input brings its own padding weights).
         if y is not None and x is not None and not isinstance(x, dict):
             mask = ops.cast(ops.logical_and(x > 0, y > 0), "float32")
             sample_weight = mask if sample_weight is None else sample_weight * mask
@@ -178,17 +281,306 @@ class BlockRecurrentCausalLM(keras.Model):
         cached[name] = compiled
         return compiled
 
+    def call_with_cache(self, token_ids, cache, cache_update_index):
+        """keras-hub's cached forward for one token per slot.
+
+        `token_ids [B, 1]` sit at position `cache_update_index` (a scalar,
+        the same for every slot). Returns `(logits [B, 1, V], None, cache)`
+        (no hidden states: contrastive search is not supported). The cache
+        has a fixed size: the block buffers and the recurrent state.
+        """
+        w = self.backbone.block_size
+        position = ops.mod(ops.cast(cache_update_index, "int32"), w)
+        logits, cache = self.decode_step(token_ids[:, 0], cache, position)
+        cache = ops.cond(
+            ops.equal(position, w - 1),
+            lambda: self.end_block(cache),
+            lambda: cache,
+        )
+        return logits[:, None, :], None, cache
+
+    def prefill(self, token_ids, num_blocks):
+        """The stream state after the first `num_blocks` blocks of
+        `token_ids [B, T]`, one block per loop step (`num_blocks` may be a
+        traced scalar)."""
+        w = self.backbone.block_size
+        batch = ops.shape(token_ids)[0]
+        state = self.get_initial_state(batch)
+
+        def body(t, state):
+            block = ops.slice(token_ids, [0, t * w], [batch, w])
+            _, new_state = self.backbone.call_with_state(block, state)
+            # Same structure in and out of the loop.
+            new_state = {
+                name: {key: new_state[name][key] for key in layer}
+                for name, layer in state.items()
+            }
+            return t + 1, new_state
+
+        _, state = ops.while_loop(
+            lambda t, state: t < num_blocks,
+            body,
+            (ops.convert_to_tensor(0, "int32"), state),
+        )
+        return state
+
+    def generate_step(self, inputs, stop_token_ids=None):
+        """One batch of generation, compilable (keras-hub's contract).
+
+        `inputs`: `{"token_ids": [B, T], "padding_mask": [B, T]}`, prompts
+        right padded (the preprocessor's layout). Every slot sits at the same
+        position: the complete blocks all prompts share run block by block
+        through the segment path, then one token per step through
+        `call_with_cache`; a slot whose prompt is longer is fed its own prompt
+        tokens (the sampler keeps masked positions) until it starts sampling.
+        So each slot's state holds exactly its own tokens, whatever the
+        lengths in the batch.
+        """
+        token_ids = ops.cast(inputs["token_ids"], "int32")
+        padding_mask = ops.cast(inputs["padding_mask"], "bool")
+        w = self.backbone.block_size
+        if "cache" in inputs:  # prefilled by `make_generate_function`
+            cache, start = inputs["cache"], inputs["start"]
+        else:
+            shortest = ops.min(ops.sum(ops.cast(padding_mask, "int32"), axis=-1))
+            # Keep the last shared prompt token for the first decode step.
+            num_blocks = ops.maximum(shortest - 1, 0) // w
+            cache = self.decode_cache(self.prefill(token_ids, num_blocks))
+            start = num_blocks * w + 1
+
+        sampler = self.sampler
+        length = ops.shape(token_ids)[1]
+        limit = inputs.get("max_length", length)
+
+        def cond(prompt, cache, index, mask):
+            go = index < limit
+            if stop_token_ids is not None:
+                # Until every slot has produced a (new) stop token.
+                done = ops.any(_stop_mask(prompt, stop_token_ids, mask), axis=-1)
+                go = ops.logical_and(go, ops.logical_not(ops.all(done)))
+            return go
+
+        def body(prompt, cache, index, mask):
+            batch = ops.shape(prompt)[0]
+            token = ops.slice(prompt, [0, index - 1], [batch, 1])
+            logits, _, cache = self.call_with_cache(token, cache, index - 1)
+            probabilities = sampler.compute_probabilities(logits[:, 0])
+            next_token = ops.cast(sampler.get_next_token(probabilities), prompt.dtype)
+            # Prompt positions keep their token (longer prompts in the batch).
+            next_token = ops.where(mask[:, index], prompt[:, index], next_token)
+            prompt = ops.slice_update(prompt, [0, index], next_token[:, None])
+            return prompt, cache, index + 1, mask
+
+        token_ids, _, _, _ = sampler.run_loop(
+            cond,
+            body,
+            model=self,
+            loop_vars=(token_ids, cache, start, padding_mask),
+            maximum_iterations=length - start,
+        )
+        if stop_token_ids is None:
+            padding_mask = ops.ones_like(token_ids, dtype="bool")
+        else:
+            # Keep up to and including each slot's first stop token.
+            found = ops.cast(
+                _stop_mask(token_ids, stop_token_ids, padding_mask), "int32"
+            )
+            after = ops.cumsum(found, axis=-1) - found
+            padding_mask = ops.equal(after, 0)
+        return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+    def make_generate_function(self):
+        """keras-hub's compiled `generate_step`, with XLA on TensorFlow even
+        where Keras' "auto" would not use it (CPU): decoding is 1.5x faster
+        with it. Around it: lengths are padded to a multiple of
+        `LENGTH_BUCKET` (one compilation serves them all), the shared prompt
+        blocks are prefilled by a compiled one-block forward (so the decode
+        loop compiles alone, and once), empty prompts are refused."""
+        if self.generate_function is None:
+            saved = getattr(self, "_jit_compile", None)
+            if keras.config.backend() == "tensorflow":
+                self._jit_compile = True
+            try:
+                compiled = super().make_generate_function()
+            finally:
+                if keras.config.backend() == "tensorflow":
+                    self._jit_compile = saved
+
+            def checked(inputs, stop_token_ids=None):
+                token_ids = np.asarray(inputs["token_ids"]).astype("int32")
+                mask = np.asarray(inputs["padding_mask"]).astype(bool)
+                lengths = mask.sum(axis=-1)
+                if lengths.size and lengths.min() == 0:
+                    raise ValueError(
+                        f"prompt {int(np.argmin(lengths))} of the batch is empty; "
+                        "give every prompt at least one token (or build the "
+                        "preprocessor with add_start_token=True)."
+                    )
+                # One compiled function serves every length up to a bucket
+                # boundary: pad, stop the loop at the real length, cut.
+                length = token_ids.shape[1]
+                pad = ((0, 0), (0, -length % LENGTH_BUCKET))
+                padded = {
+                    "token_ids": np.pad(token_ids, pad),
+                    "padding_mask": np.pad(mask, pad),
+                    "max_length": np.asarray(length, "int32"),
+                }
+                padded["cache"], padded["start"] = self._prefill_cache(
+                    token_ids, lengths.min()
+                )
+                out = compiled(padded, stop_token_ids=stop_token_ids)
+                return {key: value[:, :length] for key, value in out.items()}
+
+            self.generate_function = checked
+        return self.generate_function
+
+    def _prefill_cache(self, token_ids, shortest):
+        """Decode cache after the complete blocks all prompts share (bar the
+        last prompt token), one compiled block `[B, W]` at a time, and the
+        index generation starts from."""
+        w = self.backbone.block_size
+        num_blocks = (int(shortest) - 1) // w
+        state = self.get_initial_state(token_ids.shape[0])
+        block = self._compiled("prefill_block", self.call_with_state)
+        for t in range(num_blocks):
+            _, state = block(token_ids[:, t * w : (t + 1) * w], state)
+        return self.decode_cache(state), np.asarray(num_blocks * w + 1, "int32")
+
+    @contextlib.contextmanager
+    def _sampler_scope(self, sampler, seed):
+        """Generation with `sampler` (name or instance) instead of the
+        compiled one; its compiled function is kept for the next call, and a
+        seeded sampler restarts from its seed each call."""
+        if sampler is None and seed is None:
+            yield
+            return
+        if sampler is None:
+            sampler = "greedy" if self.sampler is None else self.sampler
+        if isinstance(sampler, str):
+            key = (sampler, seed)
+            if key not in self._generate_functions:
+                chosen = samplers.get(sampler, seed=seed)
+                initial = [np.asarray(v) for v in chosen.variables]
+                self._generate_functions[key] = [chosen, initial, None]
+            entry = self._generate_functions[key]
+        else:
+            key = ("instance", id(sampler))
+            if key not in self._generate_functions:
+                self._generate_functions[key] = [samplers.get(sampler), None, None]
+            entry = self._generate_functions[key]
+        chosen, initial, function = entry
+        if initial is not None and seed is not None:
+            for variable, value in zip(chosen.variables, initial):
+                variable.assign(value)
+        saved = self.sampler, self.generate_function
+        self.sampler, self.generate_function = chosen, function
+        try:
+            yield
+        finally:
+            entry[2] = self.generate_function
+            self.sampler, self.generate_function = saved
+
+    def generate(
+        self,
+        inputs,
+        max_length=None,
+        stop_token_ids="auto",
+        strip_prompt=False,
+        *,
+        max_new_tokens=None,
+        sampler=None,
+        seed=None,
+    ):
+        """Text in, text out; or token ids in, token ids out.
+
+        Text (a string, a list of strings, a `tf.data.Dataset`), with a
+        preprocessor attached: keras-hub's `CausalLM.generate`. `max_length`
+        is the total length in tokens (prompt included; default the
+        preprocessor's `sequence_length`), or give `max_new_tokens`.
+        Generation stops at the tokenizer's end token
+        (`stop_token_ids="auto"`), at `stop_token_ids`, or at the length
+        (`None`). Prompts of different lengths share a batch.
+
+        Token ids `[B, P]` (int): the original API,
+        `generate(ids, max_new_tokens)` -> `[B, P + max_new_tokens]` int32
+        ids (the second positional argument is the number of new tokens
+        here), no stop tokens unless `stop_token_ids` is given (ids after a
+        slot's stop token are 0).
+
+        `sampler` ("greedy", "random", "top_k", "top_p" or a
+        `keras_hub.samplers.Sampler`) and `seed` override the compiled
+        sampler (`compile(sampler=...)`, keras-hub's default "top_k") for
+        this call; for ids the default stays "greedy".
+        """
+        if _is_token_ids(inputs):
+            new = max_new_tokens if max_new_tokens is not None else max_length
+            if new is None:
+                raise ValueError(
+                    "generate(token_ids, max_new_tokens): give max_new_tokens."
+                )
+            stop = None if stop_token_ids == "auto" else stop_token_ids
+            with self._sampler_scope(sampler or "greedy", seed):
+                return self._generate_ids(inputs, int(new), stop)
+        if max_new_tokens is not None:
+            if self.preprocessor is None:
+                raise ValueError(
+                    "Text needs a preprocessor: build one with "
+                    "`BlockRecurrentCausalLMPreprocessor(BlockRecurrentTokenizer())` "
+                    "and set `lm.preprocessor`, or load a preset that has one."
+                )
+            texts = [inputs] if isinstance(inputs, str) else list(inputs)
+            longest = max(len(self.preprocessor.tokenizer(t)) for t in texts)
+            max_length = longest + int(max_new_tokens)
+        if self.preprocessor is None and not isinstance(inputs, dict):
+            raise ValueError(
+                "Text needs a preprocessor: build one with "
+                "`BlockRecurrentCausalLMPreprocessor(BlockRecurrentTokenizer())` "
+                "and set `lm.preprocessor`, or load a preset that has one; "
+                "or pass token ids: `generate(ids, max_new_tokens=...)`."
+            )
+        with self._sampler_scope(sampler, seed):
+            return super().generate(
+                inputs,
+                max_length=max_length,
+                stop_token_ids=stop_token_ids,
+                strip_prompt=strip_prompt,
+            )
+
+    def _generate_ids(self, prompt_ids, max_new_tokens, stop_token_ids):
+        prompt = np.asarray(ops.convert_to_numpy(prompt_ids)).astype("int32")
+        if prompt.ndim != 2 or prompt.shape[1] == 0:
+            raise ValueError(
+                f"prompt_ids must be [batch, length>=1] ids; got shape {prompt.shape}."
+            )
+        check_token_ids(prompt, self.backbone.vocabulary_size)
+        if max_new_tokens <= 0:
+            return ops.convert_to_tensor(prompt, "int32")
+        batch, length = prompt.shape
+        inputs = {
+            "token_ids": np.pad(prompt, ((0, 0), (0, max_new_tokens))),
+            "padding_mask": np.arange(length + max_new_tokens)[None].repeat(batch, 0)
+            < length,
+        }
+        stop = tuple(stop_token_ids) if stop_token_ids is not None else None
+        out = self.make_generate_function()(inputs, stop_token_ids=stop)
+        ids = ops.convert_to_numpy(out["token_ids"]).astype("int32")
+        if stop is not None:
+            ids = np.where(ops.convert_to_numpy(out["padding_mask"]), ids, 0)
+        return ops.convert_to_tensor(ids, "int32")
+
     def generate_stream(
         self, prompt_ids, max_new_tokens, sampler="greedy", state=None, seed=None
     ):
-        """Yields `[B]` int32 token ids one at a time.
+        """Yields `[B]` int32 token ids one at a time (for printing text as
+        it comes; `generate` returns all at once).
 
         The prompt's complete blocks run as one segment; the rest of the
         prompt and every new token go through `decode_step`, which attends to
         the cached keys/values of the last W tokens per layer and reads the
         recurrent state, updated by `end_block` whenever a block completes.
+        `sampler`: see `generate`.
         """
-        sampler = get_sampler(sampler, seed=seed)
+        sampler = samplers.get(sampler, seed=seed)
         prompt_ids = ops.convert_to_tensor(prompt_ids, "int32")
         check_token_ids(prompt_ids, self.backbone.vocabulary_size)
         batch, length = prompt_ids.shape
@@ -212,7 +604,8 @@ class BlockRecurrentCausalLM(keras.Model):
             if pending:
                 token = pending.pop(0)
             else:
-                token = sampler(logits)
+                probabilities = sampler.compute_probabilities(logits)
+                token = ops.cast(sampler.get_next_token(probabilities), "int32")
                 produced += 1
                 yield token
                 if produced == max_new_tokens:
@@ -224,28 +617,14 @@ class BlockRecurrentCausalLM(keras.Model):
             if position % w == 0:
                 cache = end_block(cache)
 
-    def generate(self, prompt_ids, max_new_tokens, sampler="greedy", seed=None):
-        """Prompt `[B, P]` -> `[B, P + max_new_tokens]` int32 ids.
-
-        `sampler`: "greedy", "top_k", "top_p" or a sampler object
-        (`brt_keras.samplers`).
-        """
-        prompt_ids = ops.convert_to_tensor(prompt_ids, "int32")
-        new = list(self.generate_stream(prompt_ids, max_new_tokens, sampler, seed=seed))
-        if not new:
-            return prompt_ids
-        return ops.concatenate([prompt_ids, ops.stack(new, axis=1)], axis=1)
-
     def get_config(self):
         config = super().get_config()
-        config.update(
-            backbone=keras.saving.serialize_keras_object(self.backbone),
-            segment_length=self.segment_length,
-        )
+        config.update(segment_length=self.segment_length)
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        # Models saved before the keras-hub base class had no preprocessor.
+        config.setdefault("preprocessor", None)
+        return super().from_config(config)

@@ -1,0 +1,53 @@
+"""Strings to padded token ids (and back) for `BlockRecurrentCausalLM`."""
+
+import keras
+import keras_hub
+
+from brt_keras.models.block_recurrent_backbone import BlockRecurrentBackbone
+from brt_keras.models.block_recurrent_tokenizer import BlockRecurrentTokenizer
+
+
+@keras.saving.register_keras_serializable(package="brt_keras")
+class BlockRecurrentCausalLMPreprocessor(keras_hub.models.CausalLMPreprocessor):
+    """keras-hub's causal LM preprocessing with our tokenizer.
+
+    Called on strings it returns `(x, y, sample_weight)` for `fit`:
+    `x = {"token_ids": [B, sequence_length], "padding_mask": ...}`, right
+    padded with id 0, `y` the ids shifted left. `generate_preprocess` /
+    `generate_postprocess` serve `BlockRecurrentCausalLM.generate`.
+
+    Our training data carries no start or end tokens (documents are
+    separated by `start_of_sequence` resets), so neither is added by
+    default; a model fine-tuned with them can turn them on.
+
+    Args:
+        tokenizer: a `BlockRecurrentTokenizer` or
+            `BlockRecurrentSentencePieceTokenizer`.
+        sequence_length: int, padded length for `fit`.
+        add_start_token, add_end_token: bool, default False.
+
+    Example:
+    >>> preprocessor = BlockRecurrentCausalLMPreprocessor(
+    ...     BlockRecurrentTokenizer(), sequence_length=8)
+    >>> preprocessor.generate_preprocess(["Hi", "abc"], sequence_length=4)
+    {'token_ids': array([[ 76, 109, 0, 0], [101, 102, 103, 0]]), ...}
+    """
+
+    backbone_cls = BlockRecurrentBackbone
+    tokenizer_cls = BlockRecurrentTokenizer
+
+    def __init__(
+        self,
+        tokenizer,
+        sequence_length=1024,
+        add_start_token=False,
+        add_end_token=False,
+        **kwargs,
+    ):
+        super().__init__(
+            tokenizer=tokenizer,
+            sequence_length=sequence_length,
+            add_start_token=add_start_token,
+            add_end_token=add_end_token,
+            **kwargs,
+        )
