@@ -33,6 +33,7 @@ from data.builders import _LocalCorpus
 from data.builders import split_of
 
 BINARY_PROBE_BYTES = 8192
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 _LISTED = 10  # names listed per kind of problem in the summary
 
@@ -165,7 +166,12 @@ def scan_folder(root: str, extensions=None):
     exts = {e.lower() for e in exts}
     report = ScanReport(source=root)
     docs = []
-    for folder, dirs, files in os.walk(root):
+
+    def walk_error(e):  # a folder that cannot be listed is named, not silently skipped
+        rel = os.path.relpath(e.filename, root).replace(os.sep, "/")
+        report.unreadable.append((rel + "/", f"{type(e).__name__}: {e.strerror or e}"))
+
+    for folder, dirs, files in os.walk(root, onerror=walk_error):
         hidden_dirs = [d for d in dirs if d.startswith(".")]
         report.hidden += len(hidden_dirs)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -262,6 +268,11 @@ def scan(raw: str, text_field: str = "text", id_field: str = "id", extensions=No
         )
     if os.path.isdir(raw):
         docs, report = scan_folder(raw, extensions)
+    elif not raw.endswith(JSONL_SUFFIXES):
+        raise ValueError(
+            f"--raw_dir {raw} is a file but not JSONL ({', '.join(JSONL_SUFFIXES)}): pass the "
+            "folder that holds your text files, or a JSONL file with one object per line"
+        )
     else:
         docs, report = scan_jsonl(raw, text_field, id_field)
     report.documents = len(docs)

@@ -53,6 +53,22 @@ def _unreadable(monkeypatch, path):
         monkeypatch.setattr(text_corpus, "read_bytes", read_bytes)
 
 
+def _unlistable(monkeypatch, folder):
+    """Makes ``folder`` unlistable: chmod 000, or, as root, a listing that fails the same way."""
+    os.chmod(folder, 0)
+    if os.geteuid() == 0:
+        real = os.scandir
+
+        def scandir(path="."):
+            if isinstance(path, str) and os.path.abspath(path) == os.path.abspath(
+                folder
+            ):
+                raise PermissionError(13, "Permission denied", path)
+            return real(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+
+
 def test_folder_bad_input_is_replaced_skipped_and_named(tmp_path, monkeypatch, capsys):
     raw, out = str(tmp_path / "raw"), str(tmp_path / "tfds")
     good = _good_docs(raw)
@@ -66,6 +82,8 @@ def test_folder_bad_input_is_replaced_skipped_and_named(tmp_path, monkeypatch, c
     _write(f"{raw}/locked.txt", b"secret\n")
     _unreadable(monkeypatch, f"{raw}/locked.txt")
     os.symlink(f"{raw}/gone.txt", f"{raw}/dangling.txt")
+    _write(f"{raw}/locked_dir/inside.txt", b"cannot be listed\n")
+    _unlistable(monkeypatch, f"{raw}/locked_dir")
     _write(f"{raw}/.git/config", b"[core]\n")
     _write(f"{raw}/.hidden.txt", b"hidden\n")
 
@@ -75,12 +93,15 @@ def test_folder_bad_input_is_replaced_skipped_and_named(tmp_path, monkeypatch, c
     assert "invalid UTF-8 replaced by U+FFFD in 1: bad_utf8.txt" in printed
     assert "skipped empty: 2: blank.md, empty.txt" in printed
     assert "skipped binary (NUL byte in the first 8 KiB): 1: image.png" in printed
-    assert "could not read (skipped): 2:" in printed
+    assert "could not read (skipped): 3:" in printed
+    assert "locked_dir/ (PermissionError: Permission denied)" in printed
     assert "locked.txt (PermissionError: Permission denied)" in printed
     assert "dangling.txt (FileNotFoundError" in printed
     assert "left out hidden files/folders: 2" in printed
     assert f"prepared in {out}/mine/1.0.0" in printed
 
+    monkeypatch.undo()
+    os.chmod(f"{raw}/locked_dir", 0o755)
     got = _load("mine", out)
     assert set(got) == set(good) | {"bad_utf8.txt", "late_nul.txt"}
     for rel, text in good.items():
@@ -168,6 +189,7 @@ def test_splits_by_id_hash_are_stable(tmp_path):
             "(?s)no usable documents .* 2 files looked at.*skipped empty: 1.*binary",
         ),
         ("bad_jsonl", r"field 'text' missing .*see --text_field"),
+        ("single_file", "is a file but not JSONL"),
     ],
 )
 def test_unusable_input_errors_name_the_fix(tmp_path, setup, message):
@@ -177,6 +199,9 @@ def test_unusable_input_errors_name_the_fix(tmp_path, setup, message):
     elif setup == "only_bad":
         _write(f"{raw}/a.txt", b"")
         _write(f"{raw}/b.bin", b"\x00\x01")
+    elif setup == "single_file":
+        raw += ".txt"
+        _write(raw, "one text file\n")
     elif setup == "bad_jsonl":
         raw += ".jsonl"
         _write(raw, json.dumps({"content": "x"}) + "\n")
