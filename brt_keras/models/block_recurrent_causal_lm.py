@@ -628,3 +628,25 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
         # Models saved before the keras-hub base class had no preprocessor.
         config.setdefault("preprocessor", None)
         return super().from_config(config)
+
+
+def _register_shipped_presets():
+    """Lists the shipped presets with keras-hub's registry, so that
+    `keras_hub.models.CausalLM.from_preset("<name>")` and
+    `BlockRecurrentCausalLM.presets` know them (the handle is the local
+    directory: no network)."""
+    from keras_hub.src.utils.preset_utils import register_presets
+
+    register_presets(
+        {
+            name: {
+                "metadata": {"description": f"shipped in {path}", "path": name},
+                "kaggle_handle": path,
+            }
+            for name, path in shipped_presets().items()
+        },
+        BlockRecurrentBackbone,
+    )
+
+
+_register_shipped_presets()

@@ -1,9 +1,14 @@
 """Strings to padded token ids (and back) for `BlockRecurrentCausalLM`."""
 
+import os
+
 import keras
 import keras_hub
 
 from brt_keras.models.block_recurrent_backbone import BlockRecurrentBackbone
+from brt_keras.models.block_recurrent_sentence_piece_tokenizer import (
+    BlockRecurrentSentencePieceTokenizer,
+)
 from brt_keras.models.block_recurrent_tokenizer import BlockRecurrentTokenizer
 
 
@@ -50,4 +55,22 @@ class BlockRecurrentCausalLMPreprocessor(keras_hub.models.CausalLMPreprocessor):
             add_start_token=add_start_token,
             add_end_token=add_end_token,
             **kwargs,
+        )
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer="bytes", sequence_length=1024):
+        """The preprocessor for a tokenizer spec as the trainers name it:
+        "bytes" (or None) or a SentencePiece `.model` path."""
+        if tokenizer in (None, "bytes"):
+            return cls(BlockRecurrentTokenizer(), sequence_length=sequence_length)
+        if not os.path.isfile(tokenizer):
+            raise ValueError(
+                f"tokenizer {tokenizer!r} is neither 'bytes' nor a SentencePiece "
+                ".model file."
+            )
+        with open(tokenizer, "rb") as f:
+            proto = f.read()
+        return cls(
+            BlockRecurrentSentencePieceTokenizer(proto=proto),
+            sequence_length=sequence_length,
         )

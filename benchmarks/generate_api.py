@@ -1,0 +1,75 @@
+"""Milliseconds per token through the public `lm.generate` (keras-hub's
+contract: compiled decode loop over `call_with_cache`) after 1k and 8k
+prompt tokens.
+
+Each context is generated twice per repeat, with `--short` and `--long` new
+tokens (same compiled function: one length bucket); the difference over the
+extra tokens is the cost per token, free of the prefill. Target: flat in the
+prompt length (the decode cache does not grow).
+
+    python -m benchmarks.generate_api [--quick] [--contexts 1024,8192]
+"""
+
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+
+def ms_per_token(lm, context, short, long, repeats, seed=0):
+    rng = np.random.default_rng(seed + context)
+    prompt = common.random_ids(rng, 1, context, lm.backbone.vocabulary_size)
+    times = {}
+    for n in (short, long):
+        lm.generate(prompt, n)  # compile (once per length bucket)
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            np.asarray(lm.generate(prompt, n))
+            runs.append(time.perf_counter() - t0)
+        times[n] = float(np.median(runs))
+    return 1000 * (times[long] - times[short]) / (long - short), times[short]
+
+
+def main(argv=None):
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--size", default="small_37m")
+    parser.add_argument("--preset", default="rec_fixed_skip")
+    parser.add_argument("--contexts", default="1024,8192")
+    parser.add_argument("--short", type=int, default=4)
+    parser.add_argument("--long", type=int, default=52)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.contexts, args.repeats = "tiny", "128,1024", 2
+    import keras
+
+    keras.utils.set_random_seed(args.seed)
+    lm = common.build_lm(args.preset, args.size)
+    rows, results = [], []
+    for context in [int(c) for c in args.contexts.split(",")]:
+        common.log(f"[generate_api] {args.preset} {args.size} prompt {context} ...")
+        ms, short_s = ms_per_token(
+            lm, context, args.short, args.long, args.repeats, args.seed
+        )
+        results.append({"context": context, "ms_per_token": ms, "call_s": short_s})
+        rows.append([args.preset, args.size, context, ms, short_s])
+    worst = max(r["ms_per_token"] for r in results) / results[0]["ms_per_token"]
+    common.report(
+        "generate_api",
+        "lm.generate: ms per token vs prompt length (batch 1)",
+        ["preset", "size", "prompt tokens", "ms/token", f"call s ({args.short} new)"],
+        rows,
+        {"results": results, "max_ratio": worst, "settings": vars(args)},
+        args.out_dir,
+        [
+            f"ms/token = (t({args.long} new) - t({args.short} new)) / "
+            f"{args.long - args.short}, medians of {args.repeats}; max ratio to "
+            f"the shortest prompt {worst:.3f} (target flat)"
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
