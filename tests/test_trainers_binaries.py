@@ -130,6 +130,29 @@ def test_generate_streams_text(trained):
     assert proc.stdout.startswith("Call me") and len(proc.stdout) > len("Call me")
 
 
+def test_make_preset_then_generate_from_it(trained, tmp_path):
+    preset = str(tmp_path / "brt_test_preset")
+    testing.run_module(
+        "trainers.make_preset", ["--model_dir", trained, "--preset_dir", preset]
+    )
+    for name in ("config.json", "task.json", "tokenizer.json", "model.weights.h5"):
+        assert os.path.exists(os.path.join(preset, name)), name
+    assert "trainers.train" in open(os.path.join(preset, "README.md")).read()
+    proc = testing.run_module(
+        "trainers.generate",
+        ["--preset", preset, "--prompt", "Call me", "--max_new_tokens", "8"],
+    )
+    assert proc.stdout.startswith("Call me") and len(proc.stdout) > len("Call me")
+    # An existing preset is never replaced without --overwrite.
+    again = testing.run_module(
+        "trainers.make_preset",
+        ["--model_dir", trained, "--preset_dir", preset],
+        check=False,
+    )
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert os.path.exists(os.path.join(preset, "model.weights.h5"))
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

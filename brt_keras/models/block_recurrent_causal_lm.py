@@ -88,6 +88,8 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
         backbone: a `BlockRecurrentBackbone`.
         preprocessor: None or a `BlockRecurrentCausalLMPreprocessor` (needed
             for text in `generate`, `fit` and `save_to_preset` round trips).
+        compile: bool, compile with keras-hub's defaults on construction
+            (default: only with a preprocessor).
         segment_length: int, the training segment L (metadata for trainers).
 
     Example:
@@ -104,7 +106,11 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
     preprocessor_cls = BlockRecurrentCausalLMPreprocessor
 
     def __init__(self, backbone, preprocessor=None, segment_length=None, **kwargs):
-        compile_now = kwargs.pop("compile", True)
+        # keras-hub compiles every task on construction; a model without a
+        # preprocessor (architecture presets, models saved before) is left
+        # uncompiled as it always was, so loading its weights finds no
+        # optimizer it does not expect. Either way `generate` has a sampler.
+        compile_now = kwargs.pop("compile", preprocessor is not None)
         super().__init__(compile=False, **kwargs)
         self.backbone = backbone
         self.preprocessor = preprocessor
@@ -114,6 +120,9 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
         self.built = True
         if compile_now:
             self.compile()
+        else:
+            self.sampler = samplers.get("top_k")  # keras-hub's default
+            self.generate_function = None
 
     # === Construction ===
 
