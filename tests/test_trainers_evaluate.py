@@ -1,5 +1,6 @@
 """trainers.evaluate's memory ablation (--reset_state), --by_position and bootstrap intervals."""
 
+import functools
 import json
 import os
 
@@ -16,6 +17,15 @@ def _texts():
     text = open(os.path.join(testing.FIXTURES, "hamlet_act1.txt"), "rb").read()
     # Three documents for two slots: slot 0 reads two in turn (its state must reset between).
     return [text[:150], text[1000:1090], text[2000:2040]]
+
+
+@functools.cache
+def _scores(reset_state):
+    """Scores of the three documents on the tiny rec model (shared by the tests)."""
+    lm = tiny_lm("rec_fixed_skip")
+    return scoring.score_documents(
+        lm, _texts(), batch_size=2, reset_state=reset_state, keep_tokens=True
+    )
 
 
 def _forward_nll(lm, text):
@@ -61,9 +71,7 @@ def test_never_equals_one_forward_pass():
     lm = tiny_lm("rec_fixed_skip")
     L = lm.segment_length
     texts = _texts()
-    scores = scoring.score_documents(
-        lm, texts, batch_size=2, reset_state="never", keep_tokens=True
-    )
+    scores = _scores("never")
     for d, text in enumerate(texts):
         nll, ids = _forward_nll(lm, text)
         positions, got = scores.token_losses(d)
@@ -82,10 +90,7 @@ def test_every_segment_resets_state_and_caches():
     lm = tiny_lm("rec_fixed_skip")
     L = lm.segment_length
     texts = _texts()
-    carried = scoring.score_documents(lm, texts, batch_size=2, keep_tokens=True)
-    reset = scoring.score_documents(
-        lm, texts, batch_size=2, reset_state="every_segment", keep_tokens=True
-    )
+    carried, reset = _scores("never"), _scores("every_segment")
     for d, text in enumerate(texts):
         pos_c, nll_c = carried.token_losses(d)
         pos_r, nll_r = reset.token_losses(d)
