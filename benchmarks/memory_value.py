@@ -127,7 +127,6 @@ def evaluate(corpus, preset, args, data_dir, run_dir, reset):
     out = eval_path(run_dir, reset)
     if os.path.exists(out):
         return 0
-    tmp = out[: -len(".json")] + "_partial.json"
     segment, _ = segment_and_batch(preset, args.size, args.tokens_per_step)
     slots = args.eval_batch
     segments = math.ceil(args.eval_tokens / (slots * segment))
@@ -145,14 +144,12 @@ def evaluate(corpus, preset, args, data_dir, run_dir, reset):
         "--by_position",
         f"--bootstrap={args.bootstrap}",
         f"--label={preset}",
-        f"--output={tmp}",
+        f"--output={out}",
     ]
     if args.backend:
         cmd.append(f"--backend={args.backend}")
-    rc = run_command(cmd, os.path.join(run_dir, "memory_value_eval.log"))
-    if rc == 0 and os.path.exists(tmp):
-        os.replace(tmp, out)  # only a finished evaluation counts
-    return rc
+    # trainers.evaluate writes its JSON only once it has finished.
+    return run_command(cmd, os.path.join(run_dir, "memory_value_eval.log"))
 
 
 def paired_difference(carried, reset, resamples):
