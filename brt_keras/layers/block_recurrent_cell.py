@@ -15,6 +15,7 @@ from brt_keras.layers.attention_ops import l2_normalize
 from brt_keras.layers.attention_ops import merge_heads
 from brt_keras.layers.attention_ops import temperature_value
 from brt_keras.layers.recurrent_gate import RecurrentGate
+from brt_keras.layers.rms_norm import RMSNorm
 from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
 from brt_keras.layers.sliding_window_layer import dense_initializer
 
@@ -126,21 +127,27 @@ class BlockRecurrentCell(keras.layers.Layer):
             name="tbase",
         )
 
-        # State side (recurrent_tbase): float32, no dropout.
+        # State side (recurrent_tbase): float32, no dropout. A quantized
+        # model's per-layer policies (a DTypePolicyMap whose default is
+        # float32, see BlockRecurrentLayer) must reach these sublayers too.
+        state_dtype = (
+            self.dtype_policy
+            if isinstance(self.dtype_policy, keras.dtype_policies.DTypePolicyMap)
+            else "float32"
+        )
+
         def dense(units, name, activation=None):
             return keras.layers.Dense(
                 units,
                 activation=activation,
                 use_bias=False,
                 kernel_initializer=dense_initializer(),
-                dtype="float32",
+                dtype=state_dtype,
                 name=name,
             )
 
         def norm(name):
-            return keras.layers.RMSNormalization(
-                epsilon=1e-6, dtype="float32", name=name
-            )
+            return RMSNorm(epsilon=1e-6, dtype=state_dtype, name=name)
 
         self.state_norm = norm("state_pre_attn_layernorm")
         self.state_query_dense = dense(width, "state_queries_layer")

@@ -70,9 +70,20 @@ class BlockRecurrentLayer(keras.layers.Layer):
         self.temperature_init = temperature_init
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
-        mixed = self.dtype_policy.compute_dtype != "float32"
+        policy = self.dtype_policy
+        mixed = policy.compute_dtype != "float32"
         # The cell (hence the RNN's state casts) runs in float32 so the state
         # is carried in float32 under a mixed policy; its token side does not.
+        token_dtype = policy.name if mixed else None
+        cell_dtype = "float32"
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+            # A quantized model reloaded from its config: the map names the
+            # quantized sublayers by path, so the cell gets the same entries
+            # with a float32 default (and its token side the map itself).
+            cell_dtype = keras.dtype_policies.DTypePolicyMap(
+                "float32", dict(policy._policy_map)
+            )
+            token_dtype = policy if mixed else cell_dtype
         self.cell = BlockRecurrentCell(
             hidden_dim,
             num_heads,
@@ -84,11 +95,11 @@ class BlockRecurrentLayer(keras.layers.Layer):
             gate_variant=gate_variant,
             dropout=dropout,
             attention_dropout=attention_dropout,
-            token_dtype=self.dtype_policy.name if mixed else None,
+            token_dtype=token_dtype,
             temperature_init=temperature_init,
             temperature_parameterization=temperature_parameterization,
             temperature_lr_multiplier=temperature_lr_multiplier,
-            dtype="float32",
+            dtype=cell_dtype,
             name="cell",
         )
         self.rnn = BlockRNN(

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from brt_keras.layers.not_quantized import NotQuantized
+
 # Multipliers of the "lowbias32" integer hash (Chris Wellons' hash prospector)
 # and the golden-ratio increment that spreads counters over 32 bits.
 _GOLDEN = 0x9E3779B9
@@ -49,9 +51,10 @@ def hash_uniform(shape, seed):
 
 
 @keras.saving.register_keras_serializable(package="brt_keras")
-class HashDropout(keras.layers.Dropout):
+class HashDropout(NotQuantized, keras.layers.Dropout):
     """`keras.layers.Dropout` (same arguments, `noise_shape` included) with
     its mask drawn by `hash_uniform` from the layer's `SeedGenerator`.
+    No weights, so nothing to quantize (`NotQuantized`).
 
     Example:
     >>> layer = HashDropout(0.5, noise_shape=(1, 4), seed=1)

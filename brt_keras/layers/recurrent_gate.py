@@ -3,13 +3,14 @@
 import keras
 from keras import ops
 
+from brt_keras.layers.not_quantized import NotQuantized
 from brt_keras.layers.sliding_window_layer import dense_initializer
 
 GATE_TYPES = ("fixed", "lstm")
 
 
 @keras.saving.register_keras_serializable(package="brt_keras")
-class RecurrentGate(keras.layers.Layer):
+class RecurrentGate(NotQuantized, keras.layers.Layer):
     """Gate `c' = f * c + i * z` of the recurrent state update.
 
     - `"fixed"` (the reference's `"bias"`): `g = sigmoid(b)`, `b ~ N(0, 0.1)`,
@@ -21,6 +22,10 @@ class RecurrentGate(keras.layers.Layer):
     `h` is the hidden activation that produced `z` (the [self ; cross] concat
     for the attention projection, the ReLU hidden layer for an FFN); gates
     never look at `c`.
+
+    `Model.quantize` leaves the fixed gate's bias in float32 (`NotQuantized`:
+    it sets how much of the state survives each block); an LSTM gate's
+    `Dense` sublayers are quantized like every other projection.
 
     Args:
         gate_type: `"fixed"` or `"lstm"`.

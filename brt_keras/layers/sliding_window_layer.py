@@ -8,6 +8,7 @@ from brt_keras.layers.attention_ops import attend
 from brt_keras.layers.attention_ops import l2_normalize
 from brt_keras.layers.attention_ops import merge_heads
 from brt_keras.layers.attention_ops import temperature_value
+from brt_keras.layers.rms_norm import RMSNorm
 from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
 from brt_keras.layers.tiled_dropout import TiledDropout
 
@@ -101,9 +102,7 @@ class SlidingWindowLayer(keras.layers.Layer):
             )
 
         def norm(name):
-            return keras.layers.RMSNormalization(
-                epsilon=1e-6, dtype=self.dtype_policy, name=name
-            )
+            return RMSNorm(epsilon=1e-6, dtype=self.dtype_policy, name=name)
 
         width = num_heads * head_dim
         self.pre_attn_norm = norm("pre_attn_layernorm")

@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from brt_keras.layers.not_quantized import NotQuantized
+
 
 def relative_position_buckets(num_queries, num_keys, num_buckets=32, max_distance=128):
     """Unidirectional T5 buckets, queries aligned with the *last* keys.
@@ -34,12 +36,13 @@ def relative_position_buckets(num_queries, num_keys, num_buckets=32, max_distanc
 
 
 @keras.saving.register_keras_serializable(package="brt_keras")
-class T5RelativePositionBias(keras.layers.Layer):
+class T5RelativePositionBias(NotQuantized, keras.layers.Layer):
     """Learned per-head bias indexed by bucketed relative distance.
 
     One table of shape `[num_heads, num_buckets]` per layer (never shared),
     initialised like Flax's `default_embed_init` (normal, std
-    `1 / sqrt(num_buckets)`).
+    `1 / sqrt(num_buckets)`). Stays in float32 under `Model.quantize`
+    (`NotQuantized`): 32 numbers per head, read once per attention tile.
 
     Args:
         num_heads: int, attention heads.

@@ -4,10 +4,11 @@ import keras
 from keras import ops
 
 from brt_keras.layers.hash_dropout import hash_uniform
+from brt_keras.layers.not_quantized import NotQuantized
 
 
 @keras.saving.register_keras_serializable(package="brt_keras")
-class TiledDropout(keras.layers.Layer):
+class TiledDropout(NotQuantized, keras.layers.Layer):
     """Dropout with one Bernoulli mask of shape `(1, tile_length, d)`
     repeated over the batch and every `tile_length` positions.
 
@@ -16,7 +17,8 @@ class TiledDropout(keras.layers.Layer):
     matching the reference it draws `tile_length * d` random numbers per call
     instead of `B * L * d`, which matters: random number generation under XLA
     on CPU costs more than the layer's matmuls at the paper's sizes. The
-    numbers come from `hash_uniform` (see `HashDropout`).
+    numbers come from `hash_uniform` (see `HashDropout`). No weights, so
+    nothing to quantize (`NotQuantized`).
 
     Args:
         rate: float, fraction of units dropped.
