@@ -299,6 +299,9 @@ def build(variant, args):
     overrides["temperature_init"] = args.temperature_init
     overrides["temperature_parameterization"] = args.temperature_parameterization
     overrides["temperature_lr_multiplier"] = args.temperature_lr_multiplier
+    for item in args.set:
+        key, value = item.split("=", 1)
+        overrides[key] = int(value) if value.lstrip("-").isdigit() else value
     if variant.startswith("rec"):
         overrides["num_states"] = args.num_states
         if args.recurrent_layer is not None:
@@ -324,7 +327,12 @@ def train_and_eval(variant, seed, args):
             warmup_target=args.lr,
             warmup_steps=warmup,
         )
-    optimizer = keras.optimizers.Adam(lr)
+    if args.optimizer == "adafactor":
+        from brt_keras.models.optimizers import PaperAdafactor
+
+        optimizer = PaperAdafactor(learning_rate=lr)
+    else:
+        optimizer = keras.optimizers.Adam(lr)
     step = common.TrainStep(lm, optimizer=optimizer)
     forward = common.forward_fn(lm)
     rng = np.random.default_rng(1000 + seed)
@@ -492,6 +500,14 @@ def parser():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument("--optimizer", choices=("adam", "adafactor"), default="adam")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra model config override for every preset, e.g. intermediate_dim=256",
+    )
     p.add_argument("--pairs", type=int, default=4)
     p.add_argument("--gap", type=int, default=2, help="min filler blocks (>= 2)")
     p.add_argument("--keys", type=int, default=16)
@@ -642,7 +658,7 @@ def main(argv=None):
         f"{r0['query_block']} of {r0['blocks']}; W={r0['window']}, min key-query "
         f"distance {gap} tokens {'>' if gap > far else '<= (NOT beyond)'} "
         f"receptive field of the sliding stack ({far} tokens); {args.steps} "
-        f"steps x batch {args.batch}, Adam lr {args.lr} ({args.schedule})"
+        f"steps x batch {args.batch}, {args.optimizer} lr {args.lr} ({args.schedule})"
     )
     notes.append(
         "no-binding ceiling: "
