@@ -49,14 +49,13 @@ def _run(data_dir, model_dir, backend, *extra):
 
 def _results(model_dir):
     losses = np.array([r["loss"] for r in testing.read_history(model_dir)])
-    state = dict(
-        np.load(
-            os.path.join(
-                model_dir, "checkpoints", f"ckpt-{STEPS:08d}", "stream_state.npz"
-            )
-        )
-    )
-    return losses, state
+    ckpts = os.path.join(model_dir, "checkpoints")
+    if os.path.isdir(os.path.join(ckpts, f"ckpt_{STEPS:08d}")):  # Orbax (JAX)
+        from trainers import orbax_checkpoints
+
+        return losses, orbax_checkpoints.read_arrays(ckpts, STEPS, "stream")
+    state = np.load(os.path.join(ckpts, f"ckpt-{STEPS:08d}", "stream_state.npz"))
+    return losses, dict(state)
 
 
 def _compare(name, single, multi, slot_order=None):
@@ -168,12 +167,10 @@ def test_two_jax_processes(data_dir, tmp_path, jax_single):
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
-    # Process p's local slot b reads the documents of the single run's slot
-    # 2b + p; the global batch is process-major: [p0b0, p0b1, p1b0, p1b1].
-    for pid in range(2):
-        _compare(
-            f"two JAX processes (process {pid})",
-            jax_single,
-            _results(os.path.join(model_dir, f"process_{pid}")),
-            slot_order=[0, 2, 1, 3],
-        )
+    # One run directory (no process_<i> copies). Process p's local slot b
+    # reads the documents of the single run's slot 2b + p; the global batch
+    # is process-major: [p0b0, p0b1, p1b0, p1b1].
+    assert not [n for n in os.listdir(model_dir) if n.startswith("process_")]
+    _compare(
+        "two JAX processes", jax_single, _results(model_dir), slot_order=[0, 2, 1, 3]
+    )

@@ -34,10 +34,12 @@ def select(argv=None, default=None) -> str:
     backend = _flag_value(argv, "backend")
     if backend is None and default is None:
         model_dir = _flag_value(argv, "model_dir")
-        path = os.path.join(model_dir, "config.json") if model_dir else None
-        if path and os.path.exists(path):
-            with open(path) as f:
-                backend = json.load(f).get("backend")
+        if model_dir:
+            from trainers import paths  # no Keras / TF import for local paths
+
+            path = paths.join(model_dir, "config.json")
+            if paths.exists(path):
+                backend = json.loads(paths.read_text(path)).get("backend")
     backend = backend or default or os.environ.get("KERAS_BACKEND") or "tensorflow"
     if backend not in BACKENDS:
         sys.exit(

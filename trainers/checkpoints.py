@@ -22,17 +22,20 @@ fit the model stops with `IncompatibleCheckpoint`. Rotation keeps the last
 from __future__ import annotations
 
 import collections
+import contextlib
 import glob
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from trainers import paths
 from trainers import run_dir
 from trainers.common import UsageError
 
@@ -86,18 +89,17 @@ class CheckpointManager:
         self.keep = keep
         self.log = log or (lambda msg: logging.warning("%s", msg))
         self.run_config = run_config
-        os.makedirs(directory, exist_ok=True)
+        paths.makedirs(directory)
 
     def checkpoints(self):
         """Complete checkpoint directories, newest first."""
-        paths = [
-            p
-            for p in glob.glob(os.path.join(self.directory, PREFIX + "*"))
-            if os.path.basename(p)[len(PREFIX) :].isdigit()
+        names = [
+            n
+            for n in paths.listdir(self.directory)
+            if n.startswith(PREFIX) and n[len(PREFIX) :].isdigit()
         ]
-        return sorted(
-            paths, key=lambda p: int(os.path.basename(p)[len(PREFIX) :]), reverse=True
-        )
+        names.sort(key=lambda n: int(n[len(PREFIX) :]), reverse=True)
+        return [paths.join(self.directory, n) for n in names]
 
     def _differences(self, manifest):
         recorded = manifest.get("run_config")
@@ -109,15 +111,16 @@ class CheckpointManager:
         ours = []
         for path in self.checkpoints():
             try:
-                with open(os.path.join(path, "manifest.json")) as f:
-                    manifest = json.load(f)
+                manifest = json.loads(
+                    paths.read_text(paths.join(path, "manifest.json"))
+                )
             except (OSError, ValueError):
                 ours.append(path)  # corrupt: rotated as before
                 continue
             if not self._differences(manifest):
                 ours.append(path)
         for old in ours[self.keep :]:
-            shutil.rmtree(old, ignore_errors=True)
+            paths.rmtree(old)
 
     def save(
         self,
@@ -131,10 +134,13 @@ class CheckpointManager:
     ):
         """Writes ``ckpt-<step>``; `pending` ({name: [k, ...]} arrays) holds
         batches drawn from `iterator` but not yet trained on."""
-        final = os.path.join(self.directory, f"{PREFIX}{step:08d}")
-        tmp = os.path.join(self.directory, f".tmp-{PREFIX}{step:08d}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+        final = paths.join(self.directory, f"{PREFIX}{step:08d}")
+        if paths.is_remote(self.directory):  # written locally, then uploaded
+            tmp = tempfile.mkdtemp(prefix=f".tmp-{PREFIX}{step:08d}-")
+        else:
+            tmp = os.path.join(self.directory, f".tmp-{PREFIX}{step:08d}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
         lm.save_weights(os.path.join(tmp, "model.weights.h5"))
         opt_values = {}
         if optimizer is not None and optimizer.built:
@@ -162,8 +168,9 @@ class CheckpointManager:
             manifest["run_config"] = run_dir.guarded(self.run_config)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        # Locally a rename; remotely a copy with the manifest last (a
+        # directory without one is incomplete: corrupt, skipped on restore).
+        paths.replace_dir(tmp, final)
         self._rotate()
         return final
 
@@ -188,39 +195,49 @@ class CheckpointManager:
         `run_dir.ConfigMismatch` / `IncompatibleCheckpoint` (see the module
         docstring) rather than skip a checkpoint that is not corrupt."""
         for path in self.checkpoints():
-            try:
-                manifest = self._verify(path)
-            except CorruptCheckpoint as e:
-                self.log(f"checkpoint {path} is corrupt ({e}); using the previous one")
-                continue
-            diffs = self._differences(manifest)
-            if diffs:
-                raise run_dir.ConfigMismatch(
-                    run_dir.mismatch_message(
-                        os.path.dirname(self.directory),
-                        diffs,
-                        what=f"checkpoint {path}",
+            with contextlib.ExitStack() as stack:
+                try:
+                    local = stack.enter_context(paths.local_copy(path))
+                except OSError as e:
+                    self.log(
+                        f"checkpoint {path} cannot be read ({e}); using the previous one"
                     )
-                )
-            try:
-                state, pending = self._load(
-                    path, lm, optimizer, iterator, trainable_variables
-                )
-            except Exception as e:  # noqa: BLE001 - sorted into read failures and misfits
-                if not _is_read_failure(e):
-                    raise IncompatibleCheckpoint(
-                        f"checkpoint {path} is intact (it passes its checksums) but does not "
-                        f"fit this model ({type(e).__name__}: {e}). It was written by another "
-                        "configuration or version; nothing was changed. Use another "
-                        "--model_dir, or --start_over to move the earlier run aside."
-                    ) from e
-                self.log(
-                    f"checkpoint {path} is corrupt: a file cannot be read "
-                    f"({type(e).__name__}: {e}); using the previous one"
-                )
-                continue
-            logging.info("restored %s (step %d)", path, manifest["step"])
-            return Restored(manifest, state, pending)
+                    continue
+                try:
+                    manifest = self._verify(local)
+                except CorruptCheckpoint as e:
+                    self.log(
+                        f"checkpoint {path} is corrupt ({e}); using the previous one"
+                    )
+                    continue
+                diffs = self._differences(manifest)
+                if diffs:
+                    raise run_dir.ConfigMismatch(
+                        run_dir.mismatch_message(
+                            paths.dirname(self.directory),
+                            diffs,
+                            what=f"checkpoint {path}",
+                        )
+                    )
+                try:
+                    state, pending = self._load(
+                        local, lm, optimizer, iterator, trainable_variables
+                    )
+                except Exception as e:  # noqa: BLE001 - sorted into read failures and misfits
+                    if not _is_read_failure(e):
+                        raise IncompatibleCheckpoint(
+                            f"checkpoint {path} is intact (it passes its checksums) but does not "
+                            f"fit this model ({type(e).__name__}: {e}). It was written by another "
+                            "configuration or version; nothing was changed. Use another "
+                            "--model_dir, or --start_over to move the earlier run aside."
+                        ) from e
+                    self.log(
+                        f"checkpoint {path} is corrupt: a file cannot be read "
+                        f"({type(e).__name__}: {e}); using the previous one"
+                    )
+                    continue
+                logging.info("restored %s (step %d)", path, manifest["step"])
+                return Restored(manifest, state, pending)
         return Restored(None, None, None)
 
     def _load(self, path, lm, optimizer, iterator, trainable_variables):
@@ -253,8 +270,9 @@ class CheckpointManager:
     def load_weights_only(self, lm):
         for path in self.checkpoints():
             try:
-                self._verify(path)
-                lm.load_weights(os.path.join(path, "model.weights.h5"))
+                with paths.local_copy(path) as local:
+                    self._verify(local)
+                    lm.load_weights(os.path.join(local, "model.weights.h5"))
                 return path
             except Exception as e:  # noqa: BLE001 - read failures fall back
                 if not _is_read_failure(e):

@@ -254,32 +254,55 @@ def tokenizer_vocabulary(tokenizer):
 
 
 def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    """Writes JSON to a local path or URL (see `trainers.paths`)."""
+    from trainers import paths
+
+    paths.write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def read_config(model_dir):
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.exists(path):
+    from trainers import paths
+
+    path = paths.join(model_dir, "config.json")
+    if not paths.exists(path):
         raise UsageError(
             f"{path} not found: --model_dir must be a directory written by trainers.train."
         )
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(paths.read_text(path))
+
+
+def save_keras(lm, path):
+    """``lm.save(path)`` for a local path or URL (Keras writes a local file
+    that is then uploaded)."""
+    from trainers import paths
+
+    if not paths.is_remote(path):
+        lm.save(path)
+        return
+    with paths.staged_dir(paths.dirname(path)) as local:
+        lm.save(os.path.join(local, paths.basename(path)))
 
 
 def load_lm(model_dir):
-    """The trained LM: model.keras when present, else the newest checkpoint."""
-    path = os.path.join(model_dir, "model.keras")
-    if os.path.exists(path):
-        return keras.saving.load_model(path)
+    """The trained LM: model.keras when present, else the newest checkpoint
+    (Orbax checkpoints of a JAX run, or the TensorFlow backend's format)."""
+    from trainers import paths
+
+    path = paths.join(model_dir, "model.keras")
+    if paths.exists(path):
+        with paths.local_copy(path) as local:
+            return keras.saving.load_model(local)
     config = read_config(model_dir)
     lm = build_lm(config["model"], config.get("seed", 0))
-    from trainers.checkpoints import CheckpointManager
+    ckpts = paths.join(model_dir, "checkpoints")
+    if any(n.startswith("ckpt_") for n in paths.listdir(ckpts)):  # Orbax (JAX runs)
+        from trainers import orbax_checkpoints
 
-    manager = CheckpointManager(os.path.join(model_dir, "checkpoints"))
+        manager = orbax_checkpoints.CheckpointManager(ckpts)
+    else:
+        from trainers.checkpoints import CheckpointManager
+
+        manager = CheckpointManager(ckpts)
     if not manager.load_weights_only(lm):
         raise UsageError(
             f"no model.keras and no readable checkpoint in {model_dir}; train first."

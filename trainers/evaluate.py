@@ -35,6 +35,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from trainers import common  # noqa: E402
+from trainers import paths  # noqa: E402
 from trainers import scoring  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -88,12 +89,11 @@ def _progress(scores):
         )
 
 
-def _read_compare(paths):
+def _read_compare(files):
     curves = []
-    for path in paths:
+    for path in files:
         try:
-            with open(path) as f:
-                other = json.load(f)
+            other = json.loads(paths.read_text(path))
         except (OSError, ValueError) as e:
             raise common.UsageError(f"--compare {path}: {e}") from e
         if not other.get("by_position"):
@@ -179,17 +179,18 @@ def evaluate():
             ),
         }
     suffix = "" if FLAGS.reset_state == "never" else f"_reset_{FLAGS.reset_state}"
-    output = FLAGS.output or os.path.join(
+    output = FLAGS.output or paths.join(
         FLAGS.model_dir, f"eval_{FLAGS.split}{suffix}.json"
     )
     if FLAGS.by_position:
         result["by_position"] = scores.by_position()
         plot = os.path.splitext(output)[0] + "_by_position.png"
-        scoring.plot_by_position(
-            [(label, result["by_position"])] + compare,
-            plot,
-            f"{corpus}/{FLAGS.split}: bits/token by position",
-        )
+        with paths.staged_dir(paths.dirname(plot)) as local:
+            scoring.plot_by_position(
+                [(label, result["by_position"])] + compare,
+                os.path.join(local, paths.basename(plot)),
+                f"{corpus}/{FLAGS.split}: bits/token by position",
+            )
         result["by_position_plot"] = plot
     common.write_json(output, result)
     shown = {k: v for k, v in result.items() if k != "per_document"}

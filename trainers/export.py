@@ -21,9 +21,8 @@ from trainers import backend as _backend
 
 _backend.select(default="tensorflow")
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -32,6 +31,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from trainers import common  # noqa: E402
+from trainers import paths  # noqa: E402
 
 FLAGS = flags.FLAGS
 common.define_common_flags()
@@ -112,8 +112,8 @@ def export_lm(lm, export_dir):
         input_signature=[tf.TensorSpec((), tf.int32, name="batch_size")],
     )
     archive.add_endpoint("stream", stream, input_signature=[ids_spec, state_spec])
-    path = os.path.join(export_dir, "saved_model")
-    shutil.rmtree(path, ignore_errors=True)
+    path = paths.join(export_dir, "saved_model")
+    paths.rmtree(path)
     archive.write_out(path, verbose=False)
     return path
 
@@ -146,14 +146,22 @@ def export():
             "export runs on --backend=tensorflow (the .keras file is backend-independent)."
         )
     lm = common.load_lm(FLAGS.model_dir)
-    export_dir = FLAGS.export_dir or os.path.join(FLAGS.model_dir, "export")
-    os.makedirs(export_dir, exist_ok=True)
-    path = export_lm(lm, export_dir)
-    keras_path = os.path.join(export_dir, "model.keras")
-    lm.save(keras_path)
-    diffs = check_export(lm, path)
-    result = {"saved_model": path, "keras": keras_path, "max_abs_diff_vs_keras": diffs}
-    common.write_json(os.path.join(export_dir, "export.json"), result)
+    export_dir = FLAGS.export_dir or paths.join(FLAGS.model_dir, "export")
+    with contextlib.ExitStack() as stack:
+        out = export_dir
+        if paths.tf_native(export_dir):
+            paths.makedirs(export_dir)
+        else:  # e.g. gs:// through gcsfs: written locally, checked, then uploaded
+            paths.rmtree(paths.join(export_dir, "saved_model"))
+            out = stack.enter_context(paths.staged_dir(export_dir))
+        diffs = check_export(lm, export_lm(lm, out))
+        common.save_keras(lm, paths.join(out, "model.keras"))
+        result = {
+            "saved_model": paths.join(export_dir, "saved_model"),
+            "keras": paths.join(export_dir, "model.keras"),
+            "max_abs_diff_vs_keras": diffs,
+        }
+        common.write_json(paths.join(out, "export.json"), result)
     print(json.dumps(result, indent=2), flush=True)
     return result
 

@@ -23,15 +23,20 @@ same slots in the same order whatever the number of processes.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 
 import jax
+import keras
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from trainers import paths
+from trainers import run_dir
+
+Restored = collections.namedtuple("Restored", ["manifest", "state", "pending"])
 
 PREFIX = "ckpt"
 ARRAY_ITEMS = ("weights", "optimizer", "rng", "stream")
@@ -48,7 +53,10 @@ def _keyed(values):
 
 
 def _abstract(variables):
-    """Restore targets: each variable's shape, dtype and current sharding."""
+    """Restore targets: each variable's shape, dtype and current sharding
+    (numpy arrays off JAX: a TensorFlow-backend reader of a JAX run)."""
+    if keras.backend.backend() != "jax":
+        return _keyed([np.zeros(v.shape, v.dtype) for v in variables])
     return _keyed(
         [
             jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.value.sharding)
@@ -115,6 +123,12 @@ class DataShards:
         return f"shard-{k:05d}-of-{self.num_shards:05d}"
 
 
+def _shards_of(iterator):
+    if iterator is None or isinstance(iterator, (DataShards, _SingleShard)):
+        return iterator
+    return _SingleShard(iterator, jax.process_index(), jax.process_count())
+
+
 class CheckpointManager:
     """Orbax checkpoints of a BRT training run (see the module docstring).
 
@@ -122,13 +136,16 @@ class CheckpointManager:
         directory: where the checkpoints go (local path or URL).
         keep: how many of the newest checkpoints to keep.
         log: ``msg -> None`` for warnings (a checkpoint that cannot be read).
-        asynchronous: write the files in the background.
+        run_config: the run's configuration; its guarded settings are
+            recorded in every checkpoint and checked on restore.
+        asynchronous: write the array files in the background.
     """
 
-    def __init__(self, directory, keep=3, log=None, asynchronous=True):
+    def __init__(self, directory, keep=3, log=None, run_config=None, asynchronous=True):
         self.directory = directory
         self.keep = keep
         self.log = log or (lambda m: print(f"WARNING: {m}", file=sys.stderr))
+        self.run_config = run_config
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             step_prefix=PREFIX,
@@ -149,45 +166,68 @@ class CheckpointManager:
         path = paths.join(self.directory, "data", f"{step:08d}")
         return paths.join(path, name) if name else path
 
+    def _steps(self):
+        self._manager.reload()
+        return sorted(self._manager.all_steps(), reverse=True)
+
     def checkpoints(self):
         """Finished checkpoint directories, newest first."""
-        self._manager.reload()
-        return [self._step_path(s) for s in sorted(self._manager.all_steps())[::-1]]
+        return [self._step_path(s) for s in self._steps()]
+
+    def _meta(self, step):
+        args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+        return self._manager.restore(step, args=args)["meta"]
 
     def latest_meta(self):
-        """The JSON meta of the newest checkpoint (None when there is none):
-        lets a run learn its number of data shards before it opens the data."""
-        for step in sorted(self._manager.all_steps())[::-1]:
+        """The JSON meta of the newest readable checkpoint (None when there is
+        none): a run learns its number of data shards before opening the data."""
+        for step in self._steps():
             try:
-                out = self._manager.restore(
-                    step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-                )
-                return out["meta"]
+                return self._meta(step)
             except Exception as e:  # noqa: BLE001 - unreadable: the previous one
                 self.log(f"checkpoint {self._step_path(step)}: unreadable meta ({e})")
         return None
 
-    def _save_iterators(self, step, iterator):
-        if iterator is None:
+    def _save_data(self, step, iterator, pending):
+        """Each data shard's iterator and not-yet-trained batches, written by
+        the process that reads it."""
+        shards = _shards_of(iterator)
+        if shards is None:
             return 0
-        shards = (
-            iterator
-            if isinstance(iterator, DataShards)
-            else _SingleShard(iterator, jax.process_index(), jax.process_count())
-        )
+        parts = {}
+        if pending:  # {name: [k, host_batch, ...]}: the shards side by side
+            split = {
+                n: np.split(np.asarray(v), len(shards.shards), axis=1)
+                for n, v in pending.items()
+            }
+            parts = {
+                k: {n: split[n][i] for n in split} for i, k in enumerate(shards.shards)
+            }
         for k in shards.shards:
             target = self._data_path(step, shards.shard_name(k))
             with paths.staged_dir(target, last="checkpoint") as local:
+                if k in parts:
+                    np.savez(os.path.join(local, "pending.npz"), **parts[k])
                 tf.train.Checkpoint(iterator=shards.iterators[k]).write(
                     os.path.join(local, "data")
                 )
         return shards.num_shards
 
-    def save(self, step, lm, optimizer, stream_state, iterator=None, extra=None):
-        """Starts writing checkpoint ``step``; returns its path. The data
-        iterators are written first (synchronously; they are small)."""
+    def save(
+        self,
+        step,
+        lm,
+        optimizer,
+        stream_state,
+        iterator=None,
+        extra=None,
+        pending=None,
+    ):
+        """Starts writing checkpoint ``step`` and returns its path; the arrays
+        are written in the background (``wait_until_finished``). The data
+        iterators and `pending` batches are written first (small)."""
         self._manager.wait_until_finished()
-        num_shards = self._save_iterators(step, iterator)
+        num_shards = self._save_data(step, iterator, pending)
         opt = optimizer.variables if optimizer is not None and optimizer.built else []
         meta = {
             "step": int(step),
@@ -196,6 +236,8 @@ class CheckpointManager:
             "process_count": jax.process_count(),
             "devices": jax.device_count(),
         }
+        if self.run_config is not None:
+            meta["run_config"] = run_dir.guarded(self.run_config)
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -215,14 +257,14 @@ class CheckpointManager:
         return self._step_path(step)
 
     def _prune_data(self):
+        """Drops the data files of checkpoints Orbax has rotated away."""
         if jax.process_index() != 0:
             return
         steps = self._manager.all_steps()
         if not steps:
             return
-        oldest = min(steps)
         for name in paths.listdir(paths.join(self.directory, "data")):
-            if name.isdigit() and int(name) < oldest:
+            if name.isdigit() and int(name) < min(steps):
                 paths.rmtree(self._data_path(int(name)))
 
     def wait_until_finished(self):
@@ -231,38 +273,55 @@ class CheckpointManager:
     def close(self):
         self._manager.close()
 
-    def _restore_iterators(self, step, iterator, meta):
-        if iterator is None:
-            return
-        shards = (
-            iterator
-            if isinstance(iterator, DataShards)
-            else _SingleShard(iterator, jax.process_index(), jax.process_count())
-        )
+    def _restore_data(self, step, iterator, meta):
+        shards = _shards_of(iterator)
+        if shards is None:
+            return None
         if meta.get("num_data_shards") != shards.num_shards:
             raise ValueError(
                 f"the checkpoint holds {meta.get('num_data_shards')} data shards, "
                 f"this run reads {shards.num_shards}"
             )
+        pending = []
         for k in shards.shards:
             with paths.local_copy(self._data_path(step, shards.shard_name(k))) as d:
                 tf.train.Checkpoint(iterator=shards.iterators[k]).read(
                     os.path.join(d, "data")
                 ).assert_consumed()
+                if os.path.exists(os.path.join(d, "pending.npz")):
+                    pending.append(dict(np.load(os.path.join(d, "pending.npz"))))
+        if not pending:
+            return None
+        return {n: np.concatenate([p[n] for p in pending], axis=1) for n in pending[0]}
 
     def restore(self, lm, optimizer, iterator=None, trainable_variables=None):
         """Loads the newest good checkpoint into the model's variables (in
-        their current shardings); returns (meta, stream_state) or (None, None)."""
+        their current shardings); returns ``Restored(meta, stream_state,
+        pending)``, all None when there is none. A checkpoint of another
+        configuration raises `run_dir.ConfigMismatch` (it is not skipped)."""
         self.wait_until_finished()
-        for path in self.checkpoints():
-            step = int(paths.basename(path).split("_")[-1])
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(trainable_variables)
+        opt = list(optimizer.variables) if optimizer is not None else []
+        for step in self._steps():
+            path = self._step_path(step)
             try:
-                if optimizer is not None and not optimizer.built:
-                    optimizer.build(trainable_variables)
-                opt = list(optimizer.variables) if optimizer is not None else []
-                meta = self._manager.restore(
-                    step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-                )["meta"]
+                meta = self._meta(step)
+            except Exception as e:  # noqa: BLE001 - unreadable: the previous one
+                self.log(f"checkpoint {path} is corrupt ({e}); using the previous one")
+                continue
+            recorded = meta.get("run_config")
+            if recorded is not None and self.run_config is not None:
+                diffs = run_dir.differences(recorded, self.run_config)
+                if diffs:
+                    raise run_dir.ConfigMismatch(
+                        run_dir.mismatch_message(
+                            paths.dirname(self.directory),
+                            diffs,
+                            what=f"checkpoint {path}",
+                        )
+                    )
+            try:
                 stream_meta = self._manager.item_metadata(step)["stream"] or {}
                 out = self._manager.restore(
                     step,
@@ -278,23 +337,24 @@ class CheckpointManager:
                         ),
                     ),
                 )
-                self._restore_iterators(step, iterator, meta)
+                pending = self._restore_data(step, iterator, meta)
                 _assign(lm.weights, out["weights"], "weights")
                 _assign(opt, out["optimizer"] or {}, "optimizer")
                 _assign(_rng_variables(lm), out["rng"] or {}, "dropout seeds")
-                state = {k: np.asarray(v) for k, v in (out["stream"] or {}).items()}
-                meta["path"] = path
-                return meta, state
             except Exception as e:  # noqa: BLE001 - any failure: report and fall back
                 self.log(
                     f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}); "
                     "using the previous one"
                 )
-        return None, None
+                continue
+            state = {k: np.asarray(v) for k, v in (out["stream"] or {}).items()}
+            meta["path"] = path
+            return Restored(meta, state, pending)
+        return Restored(None, None, None)
 
     def load_weights_only(self, lm):
-        for path in self.checkpoints():
-            step = int(paths.basename(path).split("_")[-1])
+        for step in self._steps():
+            path = self._step_path(step)
             try:
                 out = self._manager.restore(
                     step,
@@ -326,3 +386,21 @@ class _SingleShard:
 def is_orbax_dir(directory):
     """Whether ``directory`` holds Orbax checkpoints (``ckpt_<step>``)."""
     return any(n.startswith(PREFIX + "_") for n in paths.listdir(directory))
+
+
+def read_arrays(directory, step, item):
+    """``{key: numpy array}`` of one item (weights, optimizer, rng, stream)
+    of checkpoint ``step``, without a model (tests and tools)."""
+    manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(
+            step_prefix=PREFIX, step_format_fixed_length=8, read_only=True
+        ),
+        item_handlers={item: ocp.StandardCheckpointHandler()},
+    )
+    metadata = manager.item_metadata(step)[item]
+    target = {k: np.zeros(m.shape, m.dtype) for k, m in metadata.items()}
+    args = ocp.args.Composite(**{item: ocp.args.StandardRestore(target)})
+    out = manager.restore(step, args=args)[item]
+    manager.close()
+    return {k: np.asarray(v) for k, v in out.items()}

@@ -333,3 +333,22 @@ def local_copy(path):
         else:
             copy_file(path, target)
         yield target
+
+
+def move(src, dst):
+    """Moves a file or directory (a rename locally; copy and delete remotely)."""
+    if not is_remote(src) and not is_remote(dst):
+        os.replace(_local(src), _local(dst))
+    elif isdir(src):
+        copy_tree(src, dst)
+        rmtree(src)
+    else:
+        copy_file(src, dst)
+        remove(src)
+
+
+def tf_native(path) -> bool:
+    """Whether TensorFlow's own file system should write ``path`` (local,
+    ``ram://``, or any URL with ``BRT_REMOTE_FS=gfile``); else write locally
+    and copy (e.g. TensorBoard events for ``gs://`` through gcsfs)."""
+    return not is_remote(path) or _use_gfile(path)

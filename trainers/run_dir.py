@@ -16,9 +16,9 @@ nothing is deleted.
 from __future__ import annotations
 
 import json
-import os
 import time
 
+from trainers import paths
 from trainers.common import UsageError
 
 CONFIG = "config.json"
@@ -92,24 +92,21 @@ def describe(diffs, earlier_label="earlier run", current_label="this command"):
 
 
 def read_config(model_dir):
-    path = os.path.join(model_dir, CONFIG)
-    if not os.path.exists(path):
+    path = paths.join(model_dir, CONFIG)
+    if not paths.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(paths.read_text(path))
 
 
 def run_files(model_dir):
     """The earlier run's files and directories (names), sorted."""
-    if not os.path.isdir(model_dir):
-        return []
-    return sorted(n for n in os.listdir(model_dir) if n not in _NOT_MOVED)
+    return sorted(n for n in paths.listdir(model_dir) if n not in _NOT_MOVED)
 
 
 def _has_trained(model_dir):
-    ckpts = os.path.join(model_dir, "checkpoints")
-    return os.path.exists(os.path.join(model_dir, "model.keras")) or (
-        os.path.isdir(ckpts) and bool(os.listdir(ckpts))
+    ckpts = paths.join(model_dir, "checkpoints")
+    return paths.exists(paths.join(model_dir, "model.keras")) or bool(
+        paths.listdir(ckpts)
     )
 
 
@@ -120,14 +117,14 @@ def start_over(model_dir, log=print):
     if not names:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    dest = os.path.join(model_dir, PREVIOUS, stamp)
+    dest = paths.join(model_dir, PREVIOUS, stamp)
     i = 1
-    while os.path.exists(dest):
-        dest = os.path.join(model_dir, PREVIOUS, f"{stamp}-{i}")
+    while paths.exists(dest):
+        dest = paths.join(model_dir, PREVIOUS, f"{stamp}-{i}")
         i += 1
-    os.makedirs(dest)
+    paths.makedirs(dest)
     for name in names:
-        os.replace(os.path.join(model_dir, name), os.path.join(dest, name))
+        paths.move(paths.join(model_dir, name), paths.join(dest, name))
     log(
         f"--start_over: training from step 0; the earlier run in {model_dir} is not "
         f"continued. Its files ({', '.join(names)}) were moved, not deleted, to {dest}."
@@ -145,8 +142,7 @@ def check(model_dir, config, start_over_requested=False, log=print):
         return
     earlier = read_config(model_dir)
     if earlier is None:
-        ckpts = os.path.join(model_dir, "checkpoints")
-        if os.path.isdir(ckpts) and os.listdir(ckpts):
+        if paths.listdir(paths.join(model_dir, "checkpoints")):
             log(
                 f"note: {model_dir} has checkpoints but no {CONFIG}; each checkpoint's "
                 "recorded configuration is checked when it is restored."
@@ -169,15 +165,15 @@ def check(model_dir, config, start_over_requested=False, log=print):
 
 
 def mismatch_message(model_dir, diffs, what=None):
-    what = what or f"{os.path.join(model_dir, CONFIG)}"
+    what = what or f"{paths.join(model_dir, CONFIG)}"
     return (
         f"{model_dir} holds a run of another configuration ({what}). "
         f"Differing settings:\n{describe(diffs)}\n"
         "Nothing was changed. To continue the earlier run, re-run with its settings "
-        f"(see {os.path.join(model_dir, CONFIG)}). To train this configuration, choose "
+        f"(see {paths.join(model_dir, CONFIG)}). To train this configuration, choose "
         "another --model_dir, or add --start_over: the earlier run is then not continued "
         f"and its files (checkpoints, config, logs, model.keras) are moved to "
-        f"{os.path.join(model_dir, PREVIOUS, '<UTC time>')}/, not deleted. "
+        f"{paths.join(model_dir, PREVIOUS, '<UTC time>')}/, not deleted. "
         f"Settings that may change on resume: {', '.join(sorted(RESUMABLE - {'loss', 'overrides'}))}, "
         "and the distribution strategy / topology."
     )

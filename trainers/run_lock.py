@@ -8,6 +8,10 @@ half-written lock. A second trainer on the same directory exits with status
 not running: kill -9, a crash of the machine's process) is taken over with a
 message. The lock is released when the run ends, by success, error,
 preemption (SIGTERM/SIGINT) or ``sys.exit``.
+
+On an object store (``gs://``) there is no hard link: the lock is written
+when absent and read back, which narrows but does not close the window in
+which two trainers started at the same moment both take it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import socket
 import sys
 import time
 
+from trainers import paths
 from trainers.common import UsageError
 
 LOCK_NAME = "train.lock"
@@ -56,13 +61,15 @@ class RunLock:
     def __init__(self, directory, name=LOCK_NAME, log=None):
         self.directory = directory
         self.name = name
-        self.path = os.path.join(directory, name)
+        self.path = paths.join(directory, name)
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.info = None
 
     def _read(self):
+        if paths.is_remote(self.path) and not paths.exists(self.path):
+            return None
         try:
-            with open(self.path) as f:
+            with paths.open(self.path) as f:
                 return json.load(f)
         except FileNotFoundError:
             return None
@@ -70,13 +77,15 @@ class RunLock:
             return {}
 
     def acquire(self):
-        os.makedirs(self.directory, exist_ok=True)
+        paths.makedirs(self.directory)
         self.info = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": " ".join(sys.argv),
         }
+        if paths.is_remote(self.path):
+            return self._acquire_remote()
         tmp = f"{self.path}.{self.info['host']}.{self.info['pid']}.tmp"
         with open(tmp, "w") as f:
             json.dump(self.info, f)
@@ -110,9 +119,29 @@ class RunLock:
         finally:
             os.remove(tmp)
 
+    def _acquire_remote(self):
+        holder = self._read()
+        if holder is not None:
+            same_host = holder.get("host") == self.info["host"]
+            pid = holder.get("pid")
+            if not (same_host and isinstance(pid, int) and not _pid_alive(pid)):
+                raise LockHeld(
+                    f"{self.directory} is in use by another trainer: {_describe(holder)}. "
+                    "Wait for it to finish or use another --model_dir. If that process is "
+                    f"gone, delete {self.path}."
+                )
+            self.log(
+                f"note: taking over the stale lock {self.path} of {_describe(holder)}: "
+                "that process is no longer running."
+            )
+        paths.write_text(self.path, json.dumps(self.info))
+        if self._read() != self.info:
+            raise LockHeld(f"could not take {self.path}: another trainer took it.")
+        return self
+
     def release(self):
         if self.info is not None and self._read() == self.info:
-            os.remove(self.path)
+            paths.remove(self.path)
         self.info = None
 
     def __enter__(self):

@@ -25,10 +25,12 @@ from trainers import backend as _backend
 
 _backend.select()
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import keras  # noqa: E402
@@ -39,6 +41,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from trainers import common  # noqa: E402
+from trainers import paths  # noqa: E402
 from trainers import preemption  # noqa: E402
 from trainers import run_dir  # noqa: E402
 from trainers import run_lock  # noqa: E402
@@ -71,6 +74,7 @@ class StepLogger(keras.callbacks.Callback):
         self.last = {}
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._lines = []
         self._prev_mean = 0.0
         self._t0 = time.time()
         self.batches_done = 0
@@ -92,29 +96,34 @@ class StepLogger(keras.callbacks.Callback):
         self.last = rec
         if self.progress is not None:
             self.progress.update(step, loss, rec["tokens_per_second"])
-        with open(self.history_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if self.history_path is not None:  # process 0 of a multi-host run
+            self._lines.append(json.dumps(rec) + "\n")
+            if not paths.is_remote(self.history_path):
+                paths.append_text(self.history_path, self._lines.pop())
         if self.writer is not None:
             with self.writer.as_default(step=step):
                 for k, v in rec.items():
                     if k != "step":
                         tf.summary.scalar(k, v)
 
+    def on_epoch_end(self, epoch, logs=None):
+        # An object store cannot append: one rewrite per fit() call, not per step.
+        if self._lines:
+            paths.append_text(self.history_path, "".join(self._lines))
+            self._lines = []
+
 
 def read_history(path, upto):
     records = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if rec["step"] <= upto:
-                    records.append(rec)
-    with open(path, "w") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
+    if paths.exists(path):
+        for line in paths.read_text(path).splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec["step"] <= upto:
+                records.append(rec)
+    paths.write_text(path, "".join(json.dumps(rec) + "\n" for rec in records))
     return records
 
 
@@ -138,7 +147,8 @@ def plot_history(records, path, title):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with paths.staged_dir(paths.dirname(path)) as local:
+        fig.savefig(os.path.join(local, paths.basename(path)), dpi=100)
     plt.close(fig)
 
 
@@ -250,17 +260,42 @@ def train():
     config.update(
         num_replicas=setup.num_replicas, host_batch=host_batch, state_batch=state_batch
     )
+    # One run directory for all processes: process 0 holds the lock and
+    # writes config, logs and model.keras; every process writes the
+    # checkpoint shards and data position it owns.
     model_dir = FLAGS.model_dir
-    if setup.process_count > 1:
-        model_dir = os.path.join(model_dir, f"process_{setup.process_index}")
+    chief = setup.process_index == 0
+    lock = run_lock.RunLock(model_dir) if chief else contextlib.nullcontext()
     # The lock first (one writer), then the guard, and only then a write.
     with (
-        run_lock.RunLock(model_dir),
+        lock,
         preemption.Preemption(process_count=setup.process_count) as preempt,
     ):
-        run_dir.check(model_dir, config, FLAGS.start_over)
-        common.write_json(os.path.join(model_dir, "config.json"), config)
+        if chief:
+            run_dir.check(model_dir, config, FLAGS.start_over)
+            common.write_json(paths.join(model_dir, "config.json"), config)
+        _sync_processes(setup, "run directory ready")
         return run_training(config, setup, model_dir, preempt)
+
+
+def _ckpt_path(manager, step):
+    if hasattr(manager, "latest_meta"):  # Orbax (JAX)
+        return paths.join(manager.directory, f"ckpt_{step:08d}")
+    return paths.join(manager.directory, f"ckpt-{step:08d}")
+
+
+def _wait_for_checkpoints(manager):
+    """Orbax writes in the background: wait before exiting."""
+    wait = getattr(manager, "wait_until_finished", None)
+    if wait is not None:
+        wait()
+
+
+def _sync_processes(setup, name):
+    if setup.process_count > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def run_training(config, setup, model_dir, preempt):
@@ -271,19 +306,44 @@ def run_training(config, setup, model_dir, preempt):
         keras.config.set_dtype_policy("mixed_bfloat16")
 
     L = config["segment_length"]
-    dataset = common.open_dataset(
-        FLAGS.corpus,
-        FLAGS.split,
-        segment_length=L,
-        batch_size=config["host_batch"],
-        tokenizer=FLAGS.tokenizer,
-        data_dir=FLAGS.data_dir,
-        seed=FLAGS.seed,
-        shard_index=setup.process_index,
-        num_shards=setup.process_count,
-        text_feature=FLAGS.text_feature,
-    )
-    iterator = iter(dataset)
+
+    def open_data(shard_index, num_shards, batch_size):
+        return common.open_dataset(
+            FLAGS.corpus,
+            FLAGS.split,
+            segment_length=L,
+            batch_size=batch_size,
+            tokenizer=FLAGS.tokenizer,
+            data_dir=FLAGS.data_dir,
+            seed=FLAGS.seed,
+            shard_index=shard_index,
+            num_shards=num_shards,
+            text_feature=FLAGS.text_feature,
+        )
+
+    ckpt_dir = paths.join(model_dir, "checkpoints")
+    log = lambda m: print(f"WARNING: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    if config["backend"] == "jax":
+        from trainers import orbax_checkpoints
+
+        # Orbax: sharded, asynchronous, resumable on another topology. The
+        # run keeps the data shards it started with (one per process).
+        manager = orbax_checkpoints.CheckpointManager(
+            ckpt_dir, FLAGS.keep_checkpoints, log, run_config=config
+        )
+        meta = manager.latest_meta() or {}
+        num_shards = meta.get("num_data_shards") or setup.process_count
+        try:
+            iterator = orbax_checkpoints.DataShards(open_data, num_shards, global_batch)
+        except ValueError as e:
+            raise common.UsageError(str(e)) from e
+    else:
+        manager = CheckpointManager(
+            ckpt_dir, keep=FLAGS.keep_checkpoints, log=log, run_config=config
+        )
+        iterator = iter(
+            open_data(setup.process_index, setup.process_count, config["host_batch"])
+        )
 
     with setup.scope():
         lm = common.build_lm(config["model"], FLAGS.seed)
@@ -301,12 +361,6 @@ def run_training(config, setup, model_dir, preempt):
         )
         optimizer.build(model.trainable_variables)
 
-    manager = CheckpointManager(
-        os.path.join(model_dir, "checkpoints"),
-        keep=FLAGS.keep_checkpoints,
-        log=lambda m: print(f"WARNING: {m}", file=sys.stderr, flush=True),
-        run_config=config,
-    )
     restored = manager.restore(lm, optimizer, iterator, model.trainable_variables)
     step = 0
     pending = []  # batches drawn from the iterator but not trained on yet
@@ -314,19 +368,24 @@ def run_training(config, setup, model_dir, preempt):
         step = restored.manifest["step"]
         common.set_stream_state(model, restored.state, training=True)
         pending = unstack_batches(restored.pending)
-        print(
-            f"Resuming from step {step} "
-            f"({os.path.join(manager.directory, f'ckpt-{step:08d}')})",
-            flush=True,
-        )
+        print(f"Resuming from step {step} ({_ckpt_path(manager, step)})", flush=True)
     saved_step = step
-    history_path = os.path.join(model_dir, "history.jsonl")
-    read_history(history_path, step)
-    writer = (
-        tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
-        if setup.process_index == 0
-        else None
-    )
+    chief = setup.process_index == 0  # writes the logs
+    history_path = paths.join(model_dir, "history.jsonl") if chief else None
+    if chief:
+        read_history(history_path, step)
+    tb_dir = paths.join(model_dir, "tensorboard")
+    # TensorFlow cannot write gs:// through gcsfs: events go to a local
+    # directory copied up at every checkpoint and at the end.
+    tb_local = None if paths.tf_native(tb_dir) else tempfile.mkdtemp(prefix="brt-tb-")
+    writer = tf.summary.create_file_writer(tb_local or tb_dir) if chief else None
+
+    def flush_logs():
+        if writer is not None:
+            writer.flush()
+            if tb_local:
+                paths.copy_tree(tb_local, tb_dir)
+
     progress = Progress(FLAGS.steps, step, FLAGS.verbose)
     logger = StepLogger(history_path, writer, global_batch * L, progress)
     n_params = sum(int(np.prod(v.shape)) for v in lm.trainable_weights)
@@ -371,13 +430,14 @@ def run_training(config, setup, model_dir, preempt):
         if step % FLAGS.checkpoint_every == 0 or step == FLAGS.steps:
             path = save()
             saved_step = step
+            flush_logs()
             logging.info("checkpoint %s", path)
     if preempt.stopping and step < FLAGS.steps:
-        path = os.path.join(manager.directory, f"ckpt-{step:08d}")
-        if step != saved_step or not os.path.isdir(path):
+        path = _ckpt_path(manager, step)
+        if step != saved_step or not paths.isdir(path):
             path = save()
-        if writer is not None:
-            writer.flush()
+        _wait_for_checkpoints(manager)
+        flush_logs()
         progress.message(
             f"{preempt.signal_name} received: stopped after step {step}; checkpoint "
             f"{path}. Re-run the same command to resume. Exit status "
@@ -385,12 +445,18 @@ def run_training(config, setup, model_dir, preempt):
         )
         sys.exit(preemption.EXIT_STATUS)
     elapsed = time.time() - t_start
+    _wait_for_checkpoints(manager)
+    keras_path = paths.join(model_dir, "model.keras")
+    if not chief:
+        # Saving reads every weight, which may take all processes: the
+        # others save too, into a directory that is then dropped.
+        with tempfile.TemporaryDirectory() as tmp:
+            lm.save(os.path.join(tmp, "model.keras"))
+        return None
     records = read_history(history_path, step)
-    if writer is not None:
-        writer.flush()
-    keras_path = os.path.join(model_dir, "model.keras")
-    lm.save(keras_path)
-    plot_path = os.path.join(model_dir, "loss_curve.png")
+    flush_logs()
+    common.save_keras(lm, keras_path)
+    plot_path = paths.join(model_dir, "loss_curve.png")
     if FLAGS.save_plot and records:
         plot_history(
             records,
@@ -403,12 +469,12 @@ def run_training(config, setup, model_dir, preempt):
         "seconds_this_run": round(elapsed, 1),
         "final_loss": records[-1]["loss"] if records else None,
         "model": keras_path,
-        "config": os.path.join(model_dir, "config.json"),
+        "config": paths.join(model_dir, "config.json"),
         "checkpoints": manager.directory,
-        "tensorboard": os.path.join(model_dir, "tensorboard"),
+        "tensorboard": tb_dir,
         "loss_curve": plot_path if FLAGS.save_plot and records else None,
     }
-    common.write_json(os.path.join(model_dir, "train_summary.json"), summary)
+    common.write_json(paths.join(model_dir, "train_summary.json"), summary)
     print("Training done:\n" + json.dumps(summary, indent=2), flush=True)
     return summary
 
