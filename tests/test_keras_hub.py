@@ -68,6 +68,11 @@ def test_tokenizer_ids_are_the_data_pipelines():
     assert ours.detokenize([[1, 76, 109, 2, 0]]) == ["Hi"]
     with pytest.raises(ValueError, match="does not pad"):
         BlockRecurrentTokenizer(sequence_length=8)
+    # Generation prompts get no start token unless asked (training had none).
+    for add, first in ((False, [76, 109, 0, 0]), (True, [1, 76, 109, 0])):
+        pre = BlockRecurrentCausalLMPreprocessor(ours, add_start_token=add)
+        x = pre.generate_preprocess(["Hi"], sequence_length=4)
+        assert np_(x["token_ids"])[0].tolist() == first
 
 
 def test_sampler_names_map_to_keras_hub():

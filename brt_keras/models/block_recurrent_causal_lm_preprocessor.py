@@ -57,6 +57,18 @@ class BlockRecurrentCausalLMPreprocessor(keras_hub.models.CausalLMPreprocessor):
             **kwargs,
         )
 
+    def build(self, input_shape):
+        # keras-hub's `generate_preprocess` packs with the start value
+        # whatever `add_start_token` says; without one it cannot add it.
+        self.packer = keras_hub.layers.StartEndPacker(
+            start_value=self.tokenizer.start_token_id if self.add_start_token else None,
+            end_value=self.tokenizer.end_token_id,
+            pad_value=self.tokenizer.pad_token_id,
+            sequence_length=self.sequence_length,
+            return_padding_mask=True,
+        )
+        self.built = True
+
     @classmethod
     def for_tokenizer(cls, tokenizer="bytes", sequence_length=1024):
         """The preprocessor for a tokenizer spec as the trainers name it:
