@@ -483,12 +483,11 @@ def summarise(results, variants):
     return summary
 
 
-def apply_recipe(args, skip=()):
+def apply_recipe(args, defaults):
+    """The recipe's settings, except where the command line set another."""
     for key, value in RECIPE.items():
-        if key not in skip:
+        if getattr(args, key) == defaults[key]:
             setattr(args, key, value)
-    for key in skip:
-        setattr(args, key, LEVER_DEFAULTS[key])
 
 
 def parser():
@@ -547,9 +546,10 @@ def parser():
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.recipe or args.ablation:
-        apply_recipe(args)
+        apply_recipe(args, vars(p.parse_args([])))
     if args.quick:
         args.seeds, args.steps, args.eval_batches, args.eval_every = "0", 20, 2, 10
     seeds = [int(s) for s in args.seeds.split(",")]
