@@ -228,7 +228,7 @@ def parser():
     p.add_argument("--books-data-dir", default=os.environ.get("BRT_BOOKS_DATA_DIR"))
     p.add_argument(
         "--runs-dir",
-        default=os.path.join(common.REPO_ROOT, "benchmarks", "results", "memory_value"),
+        default=os.path.join(common.REPO_ROOT, "runs", "memory_value"),
     )
     p.add_argument("--train-tokens", type=int, default=10_000_000)
     p.add_argument("--tokens-per-step", type=int, default=2048)
