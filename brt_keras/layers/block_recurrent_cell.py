@@ -81,6 +81,7 @@ class BlockRecurrentCell(keras.layers.Layer):
         temperature_init=1.0,
         temperature_parameterization="linear",
         temperature_lr_multiplier=1.0,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -102,6 +103,7 @@ class BlockRecurrentCell(keras.layers.Layer):
         self.temperature_init = temperature_init
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
+        self.remat = remat
         width = num_heads * head_dim
         self.state_size = [
             (num_states, hidden_dim),
@@ -123,6 +125,7 @@ class BlockRecurrentCell(keras.layers.Layer):
             temperature_init=temperature_init,
             temperature_parameterization=temperature_parameterization,
             temperature_lr_multiplier=temperature_lr_multiplier,
+            remat=remat,
             dtype=token_dtype or self.dtype_policy,
             name="tbase",
         )
@@ -318,5 +321,6 @@ class BlockRecurrentCell(keras.layers.Layer):
             temperature_init=self.temperature_init,
             temperature_parameterization=self.temperature_parameterization,
             temperature_lr_multiplier=self.temperature_lr_multiplier,
+            remat=self.remat,
         )
         return config

@@ -53,6 +53,7 @@ class BlockRecurrentLayer(keras.layers.Layer):
         temperature_init=1.0,
         temperature_parameterization="linear",
         temperature_lr_multiplier=1.0,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -70,6 +71,7 @@ class BlockRecurrentLayer(keras.layers.Layer):
         self.temperature_init = temperature_init
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
+        self.remat = remat
         policy = self.dtype_policy
         mixed = policy.compute_dtype != "float32"
         # The cell (hence the RNN's state casts) runs in float32 so the state
@@ -99,6 +101,7 @@ class BlockRecurrentLayer(keras.layers.Layer):
             temperature_init=temperature_init,
             temperature_parameterization=temperature_parameterization,
             temperature_lr_multiplier=temperature_lr_multiplier,
+            remat=remat,
             dtype=cell_dtype,
             name="cell",
         )
@@ -264,5 +267,6 @@ class BlockRecurrentLayer(keras.layers.Layer):
             temperature_init=self.temperature_init,
             temperature_parameterization=self.temperature_parameterization,
             temperature_lr_multiplier=self.temperature_lr_multiplier,
+            remat=self.remat,
         )
         return config

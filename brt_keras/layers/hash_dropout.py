@@ -63,13 +63,17 @@ class HashDropout(NotQuantized, keras.layers.Dropout):
     True
     """
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, seed=None):
+        """`seed`: optional `[2]` int tensor used instead of the next seed of
+        the layer's generator (a rematerialised caller draws it once, so the
+        recomputation draws the same mask)."""
         if not training or self.rate == 0:
             return inputs
         # As in Keras, a None in noise_shape takes the input's size there.
         shape = ops.shape(inputs)
         if self.noise_shape is not None:
             shape = [s if n is None else n for n, s in zip(self.noise_shape, shape)]
-        keep = hash_uniform(tuple(shape), self.seed_generator.next()) >= self.rate
+        seed = self.seed_generator.next() if seed is None else seed
+        keep = hash_uniform(tuple(shape), seed) >= self.rate
         scale = ops.cast(keep, inputs.dtype) / ops.cast(1.0 - self.rate, inputs.dtype)
         return inputs * scale

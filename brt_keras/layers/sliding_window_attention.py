@@ -47,6 +47,13 @@ class SlidingWindowAttention(keras.layers.Layer):
         temperature_lr_multiplier: float, the variable is stored divided by
             it, so Adam-like updates move the temperature this much faster
             (reference: 1.0). See `attention_ops.add_temperature`.
+        remat: bool, rematerialise the attention core in training: the
+            backward pass recomputes the `[H, W, 2W]` logits, probabilities
+            and dropout mask from the queries/keys/values instead of keeping
+            them (`keras.remat`: `tf.recompute_grad` / `jax.checkpoint`).
+            Same outputs and gradients; one more forward pass of the core,
+            much less memory at large W (`xl_2048`). Default False (the
+            reference keeps them).
 
     Call arguments:
         queries, keys, values: `[B, N*W, H, Dh]` (queries/keys normalised).
@@ -64,6 +71,7 @@ class SlidingWindowAttention(keras.layers.Layer):
         temperature_init=1.0,
         temperature_parameterization="linear",
         temperature_lr_multiplier=1.0,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -76,6 +84,7 @@ class SlidingWindowAttention(keras.layers.Layer):
         self.temperature_init = temperature_init
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
+        self.remat = remat
         self.relative_bias = T5RelativePositionBias(
             num_heads, dtype=self.dtype_policy, name="relative_positions"
         )
@@ -110,6 +119,24 @@ class SlidingWindowAttention(keras.layers.Layer):
     def call(
         self, queries, keys, values, previous_keys, previous_values, training=None
     ):
+        args = (queries, keys, values, previous_keys, previous_values)
+        dropout = bool(training) and self.attention_dropout > 0
+        if not (self.remat and training):
+            return self._core(*args, seed=None, dropout=dropout)
+        # The dropout seed is drawn here, outside the recomputed function, so
+        # the backward pass recomputes the very same mask.
+        seed = self.dropout.seed_generator.next() if dropout else ops.zeros((2,))
+
+        def core(queries, keys, values, previous_keys, previous_values, seed):
+            return self._core(
+                queries, keys, values, previous_keys, previous_values, seed, dropout
+            )
+
+        return keras.remat(core)(*args, seed)
+
+    def _core(
+        self, queries, keys, values, previous_keys, previous_values, seed, dropout
+    ):
         b, length, h, dh = ops.shape(queries)
         w = self.block_size
         n = length // w
@@ -141,8 +168,10 @@ class SlidingWindowAttention(keras.layers.Layer):
             self.effective_temperature(),
             bias=bias,
             mask=mask,
-            dropout=self.dropout if self.attention_dropout else None,
-            training=training,
+            dropout=(lambda x, training: self.dropout(x, training=training, seed=seed))
+            if dropout
+            else None,
+            training=dropout,
         )
         return ops.reshape(out, (b, length, h, dh))
 
@@ -177,5 +206,6 @@ class SlidingWindowAttention(keras.layers.Layer):
             temperature_init=self.temperature_init,
             temperature_parameterization=self.temperature_parameterization,
             temperature_lr_multiplier=self.temperature_lr_multiplier,
+            remat=self.remat,
         )
         return config

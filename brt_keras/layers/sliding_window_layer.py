@@ -76,12 +76,14 @@ class SlidingWindowLayer(keras.layers.Layer):
         temperature_init=1.0,
         temperature_parameterization="linear",
         temperature_lr_multiplier=1.0,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.temperature_init = temperature_init
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
+        self.remat = remat
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -116,6 +118,7 @@ class SlidingWindowLayer(keras.layers.Layer):
             temperature_init=temperature_init,
             temperature_parameterization=temperature_parameterization,
             temperature_lr_multiplier=temperature_lr_multiplier,
+            remat=remat,
             dtype=self.dtype_policy,
             name="self_attention",
         )
@@ -303,5 +306,6 @@ class SlidingWindowLayer(keras.layers.Layer):
             temperature_init=self.temperature_init,
             temperature_parameterization=self.temperature_parameterization,
             temperature_lr_multiplier=self.temperature_lr_multiplier,
+            remat=self.remat,
         )
         return config

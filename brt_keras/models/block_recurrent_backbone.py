@@ -60,6 +60,9 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
             temperature_lr_multiplier: every attention temperature's initial
             value and parameterization (reference: 1.0, "linear", 1.0; a
             recall-training lever, see `attention_ops.add_temperature`).
+        remat: bool, rematerialise every layer's attention core in training
+            (`SlidingWindowAttention`): less memory, one more forward pass
+            of the core. Default False.
 
     Example:
     >>> backbone = BlockRecurrentBackbone(260, 2, 64, 4, 16, 128, 8,
@@ -89,6 +92,7 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
         temperature_init=1.0,
         temperature_parameterization="linear",
         temperature_lr_multiplier=1.0,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -109,6 +113,7 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
         self.temperature_init = temperature_init
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
+        self.remat = remat
         self.recurrent_indices = sorted({i % num_layers for i in recurrent_layers})
         if self.recurrent_indices and num_states <= 0:
             raise ValueError(
@@ -138,6 +143,7 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
             temperature_init=temperature_init,
             temperature_parameterization=temperature_parameterization,
             temperature_lr_multiplier=temperature_lr_multiplier,
+            remat=remat,
             dtype=self.dtype_policy,
         )
         self.transformer_layers = []
@@ -300,5 +306,6 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
             temperature_init=self.temperature_init,
             temperature_parameterization=self.temperature_parameterization,
             temperature_lr_multiplier=self.temperature_lr_multiplier,
+            remat=self.remat,
         )
         return config

@@ -128,6 +128,7 @@ CONFIG_KEYS = (
     "temperature_init",
     "temperature_parameterization",
     "temperature_lr_multiplier",
+    "remat",
 )
 
 

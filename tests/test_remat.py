@@ -1,0 +1,78 @@
+"""The rematerialised attention core gives the plain path's outputs and
+gradients (dropout masks included)."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import random_ids
+
+from brt_keras import BlockRecurrentCausalLM
+
+pytestmark = pytest.mark.model
+
+
+def loss_and_grads(lm, ids, seed_state):
+    """Training-mode loss and its gradients w.r.t. every trainable variable,
+    with the dropout seed generators reset to `seed_state` first."""
+    for variable, value in zip(lm.non_trainable_variables, seed_state):
+        variable.assign(value)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+
+    def loss_fn():
+        logits = lm(inputs, training=True)
+        return keras.ops.mean(
+            keras.losses.sparse_categorical_crossentropy(
+                targets, logits, from_logits=True
+            )
+        )
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        grads = tape.gradient(loss, lm.trainable_variables)
+        return float(loss), [np.asarray(g) for g in grads]
+    import jax
+
+    trainable = lm.trainable_variables
+
+    def stateless(values):
+        with keras.StatelessScope(state_mapping=list(zip(trainable, values))):
+            return loss_fn()
+
+    loss, grads = jax.value_and_grad(stateless)([v.value for v in trainable])
+    return float(loss), [np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("variant", ["xl_512", "rec_fixed_skip"])
+def test_remat_matches_plain_outputs_and_gradients(variant):
+    keras.utils.set_random_seed(0)
+    lm = BlockRecurrentCausalLM.from_preset(variant, size="tiny", dropout=0.1)
+    attentions = [
+        layer
+        for layer in lm._flatten_layers()
+        if type(layer).__name__ == "SlidingWindowAttention"
+    ]
+    assert attentions and all(a.attention_dropout == 0.1 for a in attentions)
+    ids = random_ids(2, 2 * lm.segment_length + 1).astype("int32")
+    seeds = [np.asarray(v) for v in lm.non_trainable_variables]
+    plain_loss, plain_grads = loss_and_grads(lm, ids, seeds)
+    for attention in attentions:
+        attention.remat = True
+    remat_loss, remat_grads = loss_and_grads(lm, ids, seeds)
+    assert remat_loss == pytest.approx(plain_loss, rel=1e-6)
+    for plain, remat in zip(plain_grads, remat_grads):
+        np.testing.assert_allclose(remat, plain, rtol=1e-4, atol=1e-6)
+    # The dropout really was on (training mode): a different mask changes it.
+    other = [np.asarray(v) + 1 for v in seeds]
+    other_loss, _ = loss_and_grads(lm, ids, other)
+    assert other_loss != pytest.approx(plain_loss, rel=1e-6)
+
+
+def test_remat_is_a_config_option():
+    lm = BlockRecurrentCausalLM.from_preset("xl_512", size="tiny", remat=True)
+    assert lm.backbone.get_config()["remat"] is True
+    layer = lm.backbone.transformer_layers[0]
+    assert layer.self_attention.remat is True
+    assert layer.get_config()["remat"] is True
