@@ -31,12 +31,17 @@ SETTINGS = {
 }
 
 
-def measure(variant, size, window, tokens, steps, seed=0, dropout=None):
-    """Compile time and per-step seconds of one preset's train step."""
+def measure(variant, size, window, tokens, steps, seed=0, dropout=None, remat=False):
+    """Compile time, per-step seconds and peak resident memory of one
+    preset's train step (the peak is the process's: run it isolated)."""
+    import resource
+
     import keras
 
     keras.utils.set_random_seed(seed)
     overrides = {} if dropout is None else {"dropout": dropout}
+    if remat:
+        overrides["remat"] = True
     lm = common.build_lm(variant, size, window=window, **overrides)
     segment = lm.segment_length
     batch = max(1, tokens // segment)
@@ -77,13 +82,16 @@ def measure(variant, size, window, tokens, steps, seed=0, dropout=None):
         "model_tflops_per_step": flops_lib.train_flops(b, batch * segment) / 1e12,
         "loss": float(np.asarray(loss)),
         "dropout": lm.backbone.dropout,
+        "remat": bool(remat),
+        # ru_maxrss is in KiB on Linux: the whole process, compile included.
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
 
 
-def measure_isolated(variant, size, window, tokens, steps, seed, dropout):
+def measure_isolated(variant, size, window, tokens, steps, seed, dropout, remat=False):
     """`measure` in a fresh process: memory is returned between presets and
     a preset that is killed (out of memory) is recorded, not fatal."""
-    spec = [variant, size, window, tokens, steps, seed, dropout]
+    spec = [variant, size, window, tokens, steps, seed, dropout, remat]
     result, error = common.run_isolated("benchmarks.step_time", spec)
     if error:
         return {
@@ -97,12 +105,12 @@ def measure_isolated(variant, size, window, tokens, steps, seed, dropout):
     return result
 
 
-def run_setting(name, variants, steps, seed, dropout=None):
+def run_setting(name, variants, steps, seed, dropout=None, remat=False):
     size, window, tokens = SETTINGS[name]
     rows = []
     for variant in variants:
         common.log(f"[step_time:{name}] {variant} ({size}, W={window}) ...")
-        r = measure_isolated(variant, size, window, tokens, steps, seed, dropout)
+        r = measure_isolated(variant, size, window, tokens, steps, seed, dropout, remat)
         r["setting"] = name
         if "error" in r:
             common.log(f"  failed: {r['error']}")
@@ -186,6 +194,12 @@ def main(argv=None):
         default=None,
         help="override the presets' dropout (0.05); 0 removes the RNG cost",
     )
+    parser.add_argument(
+        "--remat",
+        action="store_true",
+        help="rematerialise the attention core (remat=True); with it xl_2048 "
+        "also runs with dropout at the issue setting",
+    )
     parser.add_argument("--_single", default=None, help=argparse_suppress())
     parser.add_argument("--_single-out", default=None, help=argparse_suppress())
     args = parser.parse_args(argv)
@@ -205,7 +219,11 @@ def main(argv=None):
         args.steps = min(args.steps, 2)
     else:
         if args.setting in ("both", "issue"):
-            if d is None:
+            if d is None and args.remat:
+                plan.append(
+                    ("issue d=0.05 remat", "issue", chosen or list(KEY_PRESETS), None)
+                )
+            elif d is None:
                 # With dropout, xl_2048 at 2 x 2048 tokens outgrows 24 GiB
                 # (killed at 18 GB RSS): it runs without dropout only.
                 no_xl = [v for v in KEY_PRESETS if v != "xl_2048"]
@@ -219,7 +237,7 @@ def main(argv=None):
 
     all_rows, target_results = [], {}
     for label, name, variants, dropout in plan:
-        rows = run_setting(name, variants, args.steps, args.seed, dropout)
+        rows = run_setting(name, variants, args.steps, args.seed, dropout, args.remat)
         for r in rows:
             r["setting"] = label
         all_rows.extend(rows)
@@ -240,6 +258,7 @@ def main(argv=None):
         "paper",
         "model TFLOP/step",
         "compile s",
+        "peak RSS GiB",
     ]
 
     def cell(r, key):
@@ -259,6 +278,7 @@ def main(argv=None):
             common.PAPER_STEP_TIME.get(r["variant"]),
             cell(r, "model_tflops_per_step"),
             cell(r, "compile_and_first_step_s"),
+            cell(r, "peak_rss_gib"),
         ]
         for r in all_rows
     ]

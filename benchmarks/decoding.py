@@ -1,0 +1,180 @@
+"""Batched decoding speed by weight precision: float32, bfloat16, int8.
+
+For each precision and batch size (1, 8, 32), the model decodes greedily
+with the compiled `decode_step` after one block of random context
+(`generation.Decoder`); reported: median ms per step, ms per token (step /
+batch) and tokens/s. Precisions, through Keras' own API:
+
+- float32: the default.
+- bfloat16: the model built under `keras.config.set_dtype_policy("bfloat16")`
+  (bfloat16 weights and compute; the recurrent state stays float32).
+- int8: `lm.quantize("int8")` (Keras' default int8: per-channel int8
+  weights, per-token int8 activations).
+
+Targets (issue 12): int8 batch 1 <= 0.35x the float32 time, bfloat16 <=
+0.6x; batch 32 >= 20x the tokens/s of batch 1 (float32). Pin it to a core:
+
+    taskset -c 1 python -m benchmarks.decoding [--quick] [--batches 1,8,32]
+"""
+
+import numpy as np
+
+from benchmarks import common
+from benchmarks.generation import Decoder
+
+PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+def build(variant, size, precision, seed):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if precision == "bfloat16":
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("bfloat16")
+        try:
+            return common.build_lm(variant, size)
+        finally:
+            keras.config.set_dtype_policy(previous)
+    lm = common.build_lm(variant, size)
+    if precision == "int8":
+        lm.quantize("int8")
+    elif precision != "float32":
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    return lm
+
+
+def weight_bytes(lm):
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in lm.weights)
+
+
+def main(argv=None):
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--size", default="small_37m")
+    parser.add_argument("--preset", default="rec_fixed_skip")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    parser.add_argument("--new-tokens", type=int, default=24)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.new_tokens = "tiny", 6
+    batches = [int(b) for b in args.batches.split(",")]
+    precisions = args.precisions.split(",")
+    rows, results = [], []
+    for precision in precisions:
+        lm = build(args.preset, args.size, precision, args.seed)
+        context = lm.backbone.block_size
+        common.log(f"[decoding] {precision}: {weight_bytes(lm) / 2**20:.1f} MiB")
+        for batch in batches:
+            decoder = Decoder(lm, context, args.seed, batch)
+            for _ in range(args.new_tokens):
+                decoder.step()
+            step_ms = 1e3 * float(np.median(decoder.times))
+            r = {
+                "precision": precision,
+                "batch": batch,
+                "step_ms": step_ms,
+                "step_ms_min": 1e3 * float(np.min(decoder.times)),
+                "ms_per_token": step_ms / batch,
+                "tokens_per_s": 1e3 * batch / step_ms,
+                "weight_mib": weight_bytes(lm) / 2**20,
+                "new_tokens": args.new_tokens,
+                "context": context,
+            }
+            results.append(r)
+            common.log(
+                f"  batch {batch}: {step_ms:.2f} ms/step, "
+                f"{r['tokens_per_s']:.1f} tokens/s"
+            )
+    base = {r["batch"]: r for r in results if r["precision"] == "float32"}
+    for r in results:
+        ref = base.get(r["batch"])
+        r["time_vs_float32"] = r["step_ms"] / ref["step_ms"] if ref else float("nan")
+        rows.append(
+            [
+                r["precision"],
+                r["batch"],
+                r["weight_mib"],
+                r["step_ms"],
+                r["ms_per_token"],
+                r["tokens_per_s"],
+                r["time_vs_float32"],
+            ]
+        )
+    notes = []
+
+    def target(label, value, limit, lower_is_better=True):
+        ok = value <= limit if lower_is_better else value >= limit
+        sign = "<=" if lower_is_better else ">="
+        notes.append(
+            f"{label}: {value:.3g} (target {sign} {limit}: "
+            f"{'met' if ok else 'NOT met'})"
+        )
+
+    def find(precision, batch):
+        return next(
+            (r for r in results if r["precision"] == precision and r["batch"] == batch),
+            None,
+        )
+
+    for precision, limit in (("int8", 0.35), ("bfloat16", 0.6)):
+        r = find(precision, 1)
+        if r is not None and 1 in base:
+            target(f"{precision} batch 1 time / float32", r["time_vs_float32"], limit)
+    for precision in precisions:
+        one, many = find(precision, 1), find(precision, max(batches))
+        if one and many and max(batches) > 1:
+            target(
+                f"{precision} tokens/s batch {max(batches)} / batch 1",
+                many["tokens_per_s"] / one["tokens_per_s"],
+                20,
+                lower_is_better=False,
+            )
+    notes.append(
+        f"{args.preset} {args.size}, context {results[0]['context'] if results else '?'}"
+        f" tokens, median of {args.new_tokens} greedy decode steps"
+    )
+    fig, axes = common.new_figure(2, width=5.5)
+    for precision in precisions:
+        rs = [r for r in results if r["precision"] == precision]
+        axes[0].plot(
+            [r["batch"] for r in rs],
+            [r["tokens_per_s"] for r in rs],
+            "o-",
+            label=precision,
+        )
+        axes[1].plot(
+            [r["batch"] for r in rs],
+            [r["ms_per_token"] for r in rs],
+            "o-",
+            label=precision,
+        )
+    for ax, label in zip(axes, ("tokens/s", "ms per token (step / batch)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch")
+        ax.set_ylabel(label)
+        ax.legend()
+    axes[0].set_title(f"Decoding, {args.preset} {args.size}")
+    png = common.save_figure(fig, "decoding", args.out_dir)
+    common.report(
+        "decoding",
+        "Batched decoding by weight precision",
+        [
+            "precision",
+            "batch",
+            "weights MiB",
+            "step ms",
+            "ms/token",
+            "tokens/s",
+            "time vs float32",
+        ],
+        rows,
+        {"results": results, "plot": png, "size": args.size, "preset": args.preset},
+        args.out_dir,
+        notes,
+    )
+
+
+if __name__ == "__main__":
+    main()
