@@ -54,7 +54,7 @@ RECIPE = dict(
     temperature_init=8.0,
     temperature_parameterization="log",
     temperature_lr_multiplier=10.0,
-    curriculum="8@0,8",
+    curriculum="2@0,4@0,8@0,8",
 )
 # What "removing a lever" resets it to (the reference / script default).
 LEVER_DEFAULTS = dict(
@@ -69,7 +69,7 @@ LEVERS = {
     "temperature init 8": ("temperature_init",),
     "log temperature": ("temperature_parameterization",),
     "temperature lr x10": ("temperature_lr_multiplier",),
-    "curriculum (8 pairs within the window first)": ("curriculum",),
+    "curriculum (2, 4, 8 pairs near the pairs first)": ("curriculum",),
     "recurrent layer 1 of 3": ("recurrent_layer",),
     "S = 16": ("num_states",),
 }
