@@ -48,6 +48,13 @@ def _rng_variables(lm):
     return [v for v in lm.variables if id(v) not in weights]
 
 
+def _use_ocdbt():
+    """Orbax's OCDBT format (its default: few large files) except on a GCS
+    emulator, which cannot serve OCDBT's generation-conditional manifest
+    writes; there each array is its own zarr store."""
+    return not os.environ.get("STORAGE_EMULATOR_HOST")
+
+
 def _keyed(values):
     return {f"{i:05d}": v for i, v in enumerate(values)}
 
@@ -153,7 +160,10 @@ class CheckpointManager:
             enable_async_checkpointing=asynchronous,
             create=True,
         )
-        handlers = {k: ocp.StandardCheckpointHandler() for k in ARRAY_ITEMS}
+        handlers = {
+            k: ocp.StandardCheckpointHandler(use_ocdbt=_use_ocdbt())
+            for k in ARRAY_ITEMS
+        }
         handlers["meta"] = ocp.JsonCheckpointHandler()
         self._manager = ocp.CheckpointManager(
             directory, options=options, item_handlers=handlers
@@ -396,7 +406,7 @@ def read_arrays(directory, step, item):
         options=ocp.CheckpointManagerOptions(
             step_prefix=PREFIX, step_format_fixed_length=8, read_only=True
         ),
-        item_handlers={item: ocp.StandardCheckpointHandler()},
+        item_handlers={item: ocp.StandardCheckpointHandler(use_ocdbt=_use_ocdbt())},
     )
     metadata = manager.item_metadata(step)[item]
     target = {k: np.zeros(m.shape, m.dtype) for k, m in metadata.items()}
