@@ -77,10 +77,10 @@ def test_gcs_train_kill_resume_evaluate_export(gcs, data_dir):
         text=True,
     )
     try:
-        deadline = time.time() + 600
+        deadline = time.time() + 1200
         while not _committed_steps(ckpts):
             assert proc.poll() is None, proc.communicate()[1][-4000:]
-            assert time.time() < deadline, "no checkpoint after 600 s"
+            assert time.time() < deadline, "no checkpoint after 1200 s"
             time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -96,6 +96,7 @@ def test_gcs_train_kill_resume_evaluate_export(gcs, data_dir):
         "trainers.train",
         train[3:] + ["--steps", str(step + 2), "--checkpoint_every", "2"],
         backend="jax",
+        timeout=1800,
     )
     assert f"Resuming from step {step}" in resumed.stdout, resumed.stdout[-2000:]
     history = [
