@@ -95,3 +95,18 @@ def test_bfloat16_weights_decode():
     assert got.dtype == np.float32 and np.isfinite(got).all()
     # Same weights up to bfloat16 rounding: close, not equal.
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="a SavedModel is exported from the TensorFlow backend",
+)
+def test_int8_model_exports_the_stream_endpoint(tmp_path):
+    from trainers.export import check_export
+    from trainers.export import export_lm
+
+    lm = fresh_lm()
+    lm.quantize("int8")
+    path = export_lm(lm, str(tmp_path))
+    diffs = check_export(lm, path)
+    assert diffs["stream"] < 1e-4 and diffs["serve"] < 1e-4
