@@ -124,6 +124,20 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
             self.sampler = samplers.get("top_k")  # keras-hub's default
             self.generate_function = None
 
+    def compile(
+        self, optimizer="auto", loss="auto", *, weighted_metrics=None, **kwargs
+    ):
+        """keras-hub's `CausalLM.compile` (sampler, "auto" optimizer and
+        loss), except that no metric is added unless asked
+        (`weighted_metrics="auto"` adds keras-hub's accuracy): as before,
+        `train_on_batch` returns the loss alone."""
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            weighted_metrics=weighted_metrics,
+            **kwargs,
+        )
+
     # === Construction ===
 
     @classmethod
