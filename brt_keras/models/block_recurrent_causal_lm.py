@@ -159,12 +159,6 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
             config = presets.preset_config(preset, size or "medium_150m", **kwargs)
             segment_length = config.pop("segment_length")
             return cls(BlockRecurrentBackbone(**config), segment_length=segment_length)
-        if size is not None:
-            raise ValueError(
-                f"size={size!r} applies to the architecture presets "
-                f"({', '.join(presets.VARIANTS)}); {preset!r} is a preset "
-                "directory and has its own size."
-            )
         preset = shipped_presets().get(preset, preset)
         if (
             isinstance(preset, str)
@@ -176,6 +170,12 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
                 f"{', '.join(presets.VARIANTS)} (with size=...), shipped presets "
                 f"{', '.join(shipped_presets()) or '(none)'}, or a preset "
                 "directory written by `save_to_preset`."
+            )
+        if size is not None:
+            raise ValueError(
+                f"size={size!r} applies to the architecture presets "
+                f"({', '.join(presets.VARIANTS)}); {preset!r} is a preset "
+                "directory and has its own size."
             )
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
