@@ -100,7 +100,8 @@ def test_gcs_train_kill_resume_evaluate_export(gcs, data_dir):
     )
     assert f"Resuming from step {step}" in resumed.stdout, resumed.stdout[-2000:]
     history = [
-        json.loads(x) for x in paths.read_text(paths.join(run, "history.jsonl")).split()
+        json.loads(x)
+        for x in paths.read_text(paths.join(run, "history.jsonl")).splitlines()
     ]
     assert [r["step"] for r in history] == list(range(1, step + 3))
     for name in ("model.keras", "train_summary.json", "tensorboard"):
