@@ -115,7 +115,7 @@ def test_gcs_train_kill_resume_evaluate_export(gcs, data_dir):
     result = json.loads(paths.read_text(paths.join(run, "eval_test.json")))
     assert result["tokens"] > 0 and np.isfinite(result["bits_per_token"])
 
-    export_dir = run.replace("/run", "/export")
+    export_dir = run.rsplit("/", 1)[0] + "/export"
     testing.run_module(
         "trainers.export", ["--model_dir", run, "--export_dir", export_dir]
     )
