@@ -30,6 +30,13 @@ def random_ids(batch, length, vocabulary_size=260, seed=0):
     return np.random.default_rng(seed).integers(1, vocabulary_size, (batch, length))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Slow (multi-process, training) files first: `make test` spreads whole
+    files over two pytest-xdist workers, and starting the longest ones first
+    keeps both workers busy to the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def ids():
     return random_ids(2, 64).astype("int32")

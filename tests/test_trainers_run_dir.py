@@ -19,6 +19,7 @@ import pytest
 from trainers import preemption
 from trainers import testing
 
+pytestmark = pytest.mark.slow
 STEPS = 12
 ARGS = [
     "--steps",
