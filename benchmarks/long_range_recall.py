@@ -47,6 +47,7 @@ KEY0 = 2
 
 # The recipe, as overrides of the parser defaults (see benchmarks/README.md).
 RECIPE = dict(
+    pairs=8,
     num_layers=3,
     recurrent_layer=1,
     window=16,
@@ -55,6 +56,9 @@ RECIPE = dict(
     temperature_parameterization="log",
     temperature_lr_multiplier=10.0,
     curriculum="2@0,4@0,8@0,8",
+    advance_at=0.85,
+    stop_at=0.98,
+    steps=2000,
 )
 # What "removing a lever" resets it to (the reference / script default).
 LEVER_DEFAULTS = dict(
@@ -405,6 +409,15 @@ def train_and_eval(variant, seed, args):
                 stage += 1
                 stage_log.append((i + 1, stages[stage]))
                 common.log(f"  curriculum: stage {stages[stage]} from step {i + 1}")
+            elif (
+                args.stop_at
+                and stage == len(stages) - 1
+                and entry["accuracy"] >= args.stop_at
+            ):
+                common.log(
+                    f"  stop: {entry['accuracy']:.3f} >= --stop-at at the final stage"
+                )
+                break
     train_s = time.perf_counter() - t0
     by_query, _, _ = evaluate(args.pairs, query_block, args.eval_batches, 99999)
     return {
@@ -417,6 +430,7 @@ def train_and_eval(variant, seed, args):
         "num_layers": num_layers,
         "recurrent_layers": list(lm.backbone.recurrent_indices),
         "history": history,
+        "steps_run": i + 1,
         "train_s": train_s,
         "window": w,
         "blocks": blocks,
@@ -535,6 +549,13 @@ def parser():
         " G=0: within the window), e.g. 8@0,8; advance at --advance-at accuracy",
     )
     p.add_argument("--advance-at", type=float, default=0.95)
+    p.add_argument(
+        "--stop-at",
+        type=float,
+        default=0.0,
+        help="end training once the final stage's periodic accuracy reaches this"
+        " (0: run all --steps); the reported accuracy is the final evaluation's",
+    )
     p.add_argument("--recipe", action="store_true", help="the documented recipe")
     p.add_argument(
         "--ablation",
