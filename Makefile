@@ -13,16 +13,19 @@ $(STAMP): requirements.txt
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-# All tests on TensorFlow, then the model tests again on JAX.
+# All tests on TensorFlow, then the model tests again on JAX; whole test files
+# are spread over TEST_WORKERS pytest-xdist workers (slow files first).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations 15
 test: venv
 	$(MAKE) test-tf
 	$(MAKE) test-jax
 
 test-tf: venv
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
+	KERAS_BACKEND=tensorflow $(PYTEST) tests
 
 test-jax: venv
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m model tests
+	KERAS_BACKEND=jax $(PYTEST) -m model tests
 
 lint: venv
 	$(BIN)/ruff check brt_keras trainers data tests benchmarks
