@@ -70,3 +70,55 @@ def test_url_helpers():
     assert paths.join("gs://b/run", "checkpoints", "c") == "gs://b/run/checkpoints/c"
     assert paths.basename("gs://b/run/ckpt-1/") == "ckpt-1"
     assert paths.dirname("gs://b/run/ckpt-1") == "gs://b/run"
+
+
+def test_create_exclusive_creates_once(root):
+    paths.makedirs(root)
+    lock = paths.join(root, "train.lock")
+    assert paths.create_exclusive(lock, "first")
+    assert paths.read_text(lock) == "first"
+    if root.startswith("gs://"):
+        # The emulator ignores GCS preconditions (real GCS answers 412, which
+        # gcsfs raises as FileExistsError: see the memory:// case below).
+        return
+    assert not paths.create_exclusive(lock, "second")
+    assert paths.read_text(lock) == "first"
+
+
+def test_create_exclusive_uses_the_stores_create_only_write():
+    """fsspec's create-only write (gcsfs: ifGenerationMatch=0) decides, not a
+    check-then-write: the lock of a second trainer on an object store fails."""
+    from trainers import run_lock
+
+    run = f"memory://{uuid.uuid4().hex}/run"
+    first = run_lock.RunLock(run).acquire()
+    with pytest.raises(run_lock.LockHeld, match="in use by another trainer"):
+        run_lock.RunLock(run).acquire()
+    first.release()
+    run_lock.RunLock(run).acquire().release()
+
+
+def test_remote_lock_taken_between_check_and_write_is_not_overwritten(monkeypatch):
+    """Another host creates the lock just after this trainer looked (its
+    first read finds nothing): the create-only write refuses, and the trainer
+    names the holder instead of overwriting its lock."""
+    import json
+
+    from trainers import run_lock
+
+    run = f"memory://{uuid.uuid4().hex}/run"
+    other = {"host": "other-host", "pid": 4242, "started": "now", "command": "x"}
+    paths.write_text(paths.join(run, run_lock.LOCK_NAME), json.dumps(other))
+    lock = run_lock.RunLock(run)
+    real_read, first = lock._read, [True]
+
+    def racing_read():
+        if first[0]:
+            first[0] = False
+            return None
+        return real_read()
+
+    monkeypatch.setattr(lock, "_read", racing_read)
+    with pytest.raises(run_lock.LockHeld, match="other-host"):
+        lock.acquire()
+    assert json.loads(paths.read_text(paths.join(run, run_lock.LOCK_NAME))) == other

@@ -189,6 +189,40 @@ def write_text(path, text, atomic=True):
         f.write(text.encode("utf-8"))
 
 
+def create_exclusive(path, text) -> bool:
+    """Writes ``text`` only if ``path`` does not exist; False if it does.
+
+    Atomic locally (a hard link of a finished temporary file) and on object
+    stores that take a create-only precondition (gcsfs: ``ifGenerationMatch=0``,
+    so of two hosts exactly one creates the object). TensorFlow's file
+    systems (``ram://``, ``BRT_REMOTE_FS=gfile``) have no such call: there it
+    is a check, then a write.
+    """
+    if not is_remote(path):
+        p = _local(path)
+        tmp = f"{p}.{os.getpid()}.tmp"
+        with builtins.open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            os.link(tmp, p)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(tmp)
+    if _use_gfile(path):
+        if _gfile().exists(path):
+            return False
+        write_text(path, text)
+        return True
+    fs, p = _fs(path)
+    try:
+        fs.pipe_file(p, text.encode("utf-8"), mode="create")
+    except FileExistsError:
+        return False
+    return True
+
+
 def append_text(path, text):
     """Appends to a text file (object stores cannot append: read, add, rewrite)."""
     if not is_remote(path):

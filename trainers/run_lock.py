@@ -120,8 +120,18 @@ class RunLock:
             os.remove(tmp)
 
     def _acquire_remote(self):
-        holder = self._read()
-        if holder is not None:
+        # Object stores: a create-only write (atomic on GCS), then a read
+        # back, as a file system without preconditions may still overwrite.
+        for _ in range(3):
+            if paths.create_exclusive(self.path, json.dumps(self.info)):
+                if self._read() != self.info:
+                    raise LockHeld(
+                        f"could not take {self.path}: another trainer took it."
+                    )
+                return self
+            holder = self._read()
+            if holder is None:  # released meanwhile
+                continue
             same_host = holder.get("host") == self.info["host"]
             pid = holder.get("pid")
             if not (same_host and isinstance(pid, int) and not _pid_alive(pid)):
@@ -134,10 +144,9 @@ class RunLock:
                 f"note: taking over the stale lock {self.path} of {_describe(holder)}: "
                 "that process is no longer running."
             )
-        paths.write_text(self.path, json.dumps(self.info))
-        if self._read() != self.info:
-            raise LockHeld(f"could not take {self.path}: another trainer took it.")
-        return self
+            if self._read() == holder:
+                paths.remove(self.path)
+        raise LockHeld(f"could not take {self.path}: it keeps changing hands.")
 
     def release(self):
         if self.info is not None and self._read() == self.info:
