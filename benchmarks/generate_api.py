@@ -31,9 +31,11 @@ def reuse_prefill(lm):
     lm._prefill_cache = once
 
 
-def ms_per_token(lm, context, short, long, repeats, seed=0):
+def ms_per_token(lm, context, short, long, repeats, seed=0, batch=1):
+    """(ms per decode step, seconds of the short call) of `lm.generate` on
+    `batch` random prompts of `context` tokens."""
     rng = np.random.default_rng(seed + context)
-    prompt = common.random_ids(rng, 1, context, lm.backbone.vocabulary_size)
+    prompt = common.random_ids(rng, batch, context, lm.backbone.vocabulary_size)
     times = {}
     for n in (short, long):
         lm.generate(prompt, n)  # compile (once per length bucket)

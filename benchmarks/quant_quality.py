@@ -86,12 +86,10 @@ def main(argv=None):
         documents = data.load_documents(args.corpus, "test", args.data_dir).texts
     except data.DatasetNotPreparedError as e:
         raise SystemExit(f"{e}\n(build it first, e.g. `make train` for books)") from e
-    prompts = [
-        d[: args.prompt_bytes]
-        .encode("utf-8")[: args.prompt_bytes]
-        .decode("utf-8", "ignore")
-        for d in documents[: args.prompts]
-    ]
+    prompts = []
+    for d in documents[: args.prompts]:
+        raw = d if isinstance(d, bytes) else d.encode("utf-8")
+        prompts.append(raw[: args.prompt_bytes].decode("utf-8", "ignore"))
     results, reference = [], None
     for precision in args.precisions.split(","):
         lm = load(args.preset, precision)
