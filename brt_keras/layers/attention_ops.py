@@ -82,6 +82,52 @@ def attend(
     return ops.swapaxes(out, -2, -3)
 
 
+def attend_cached(query, cached, temperature, tile):
+    """One query per slot against cached keys/values, as `attend` computes
+    it, without joining the cache.
+
+    Decoding reads every cached key and value once per token, so for
+    batched decoding the cache, not the weights, is the cost; concatenating
+    the previous block with the current one (or moving heads forward) would
+    copy it on every step. Here each cached part is dotted where it lies
+    (head-major: batch and head axes lead, as XLA's batched dot wants) and
+    only the small `[B, H, 1, K]` logits are joined. The arithmetic is done
+    in float32, the cache's dtype.
+
+    Args:
+        query: `[B, 1, H, Dh]`, already L2-normalised.
+        cached: list of `(keys, values)`, each `[B, H, K_i, Dh]` float32.
+        temperature: `[H]`.
+        tile: additive float32 `[H, 1, sum K_i]`: `bias * temperature` where
+            a key may be attended, `-1e6` where not (as `attend` builds it).
+
+    Returns:
+        `[B, 1, H, Dh]` in the query's dtype.
+    """
+    temperature = ops.cast(temperature, "float32")
+    q = ops.swapaxes(ops.cast(query, "float32"), 1, 2)  # [B, H, 1, Dh]
+    q = q * ops.reshape(temperature, (-1, 1, 1))
+    logits = ops.concatenate(
+        [ops.einsum("bhqd,bhkd->bhqk", q, k) for k, _ in cached], axis=-1
+    )
+    logits = logits + tile
+    m = ops.stop_gradient(
+        ops.maximum(ops.max(logits, axis=-1, keepdims=True), SAFE_SOFTMAX_MIN)
+    )
+    weights = ops.exp(logits - m)
+    denominator = ops.sum(weights, axis=-1, keepdims=True) + ops.exp(
+        SAFE_SOFTMAX_MIN - m
+    )
+    out, start = None, 0
+    for _, v in cached:
+        size = ops.shape(v)[2]
+        part = ops.einsum("bhqk,bhkd->bhqd", weights[..., start : start + size], v)
+        out = part if out is None else out + part
+        start += size
+    out = out / denominator
+    return ops.cast(ops.swapaxes(out, 1, 2), query.dtype)
+
+
 def merge_heads(x):
     """`[..., T, H, Dh]` -> `[..., T, H * Dh]`, head-major columns."""
     shape = ops.shape(x)

@@ -238,16 +238,20 @@ class BlockRecurrentLayer(keras.layers.Layer):
             x, cache, index, state_kv=(cache["state_keys"], cache["state_values"])
         )
 
-    def end_block(self, cache):
-        """After the W-th token of a block: update the state from the full
-        block and roll the key/value buffers."""
-        block_keys = ops.concatenate([cache["previous_keys"], cache["keys"]], 1)
-        block_values = ops.concatenate([cache["previous_values"], cache["values"]], 1)
+    def update_recurrent(self, cache):
+        """At a block's end: the new recurrent state and its keys/values
+        from the block's (and the previous block's) cached keys/values."""
+        block_keys, block_values = self.cell.token_layer.block_keys_values(cache)
         state = self.cell.update_state(
             cache["recurrent_state"], block_keys, block_values
         )
         rk, rv = self.cell.state_kv(state)
-        cache = dict(cache, recurrent_state=state, state_keys=rk, state_values=rv)
+        return {"recurrent_state": state, "state_keys": rk, "state_values": rv}
+
+    def end_block(self, cache):
+        """After the W-th token of a block: update the state from the full
+        block and roll the key/value buffers."""
+        cache = dict(cache, **self.update_recurrent(cache))
         return self.cell.token_layer.end_block(cache)
 
     def get_config(self):

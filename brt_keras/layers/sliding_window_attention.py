@@ -4,8 +4,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from brt_keras.layers.attention_ops import MASK_VALUE
 from brt_keras.layers.attention_ops import add_temperature
 from brt_keras.layers.attention_ops import attend
+from brt_keras.layers.attention_ops import attend_cached
 from brt_keras.layers.attention_ops import check_temperature_options
 from brt_keras.layers.attention_ops import temperature_value
 from brt_keras.layers.hash_dropout import HashDropout
@@ -175,27 +177,31 @@ class SlidingWindowAttention(keras.layers.Layer):
         )
         return ops.reshape(out, (b, length, h, dh))
 
-    def attend_row(self, query, keys, values, index):
+    def attend_row(self, query, keys, values, index, half):
         """One decoding step.
 
         Args:
             query: `[B, 1, H, Dh]`, the token at position `index` (int or
                 scalar tensor) of the current block.
-            keys, values: `[B, 2W, H, Dh]`: the previous block, then the
-                current block's buffer (slots after `index` are masked).
+            keys, values: the decode ring `[B, H, 2W, Dh]` (head-major): the
+                current block's buffer in half `half` (slots after `index`
+                are masked), the previous block in the other half.
+            half: scalar int, 0 or 1.
         """
         w = self.block_size
         row = ops.reshape(ops.convert_to_tensor(index, "int32"), (1,))
-        bias = self.relative_bias.tile(w, 2 * w, rows=row)
+        temperature = ops.cast(self.effective_temperature(), "float32")
+        bias = ops.cast(self.relative_bias.tile(w, 2 * w, rows=row), "float32")
         mask = ops.take(ops.convert_to_tensor(sliding_window_mask(w)), row, axis=0)
-        return attend(
-            query,
-            keys,
-            values,
-            self.effective_temperature(),
-            bias=bias,
-            mask=mask,
+        # `[H, 1, 2W]` for keys in time order (previous block, current);
+        # in the ring the current block may come first.
+        tile = ops.where(mask, bias * ops.reshape(temperature, (-1, 1, 1)), MASK_VALUE)
+        tile = ops.where(
+            ops.equal(half, 1),
+            tile,
+            ops.concatenate([tile[..., w:], tile[..., :w]], axis=-1),
         )
+        return attend_cached(query, [(keys, values)], temperature, tile)
 
     def get_config(self):
         config = super().get_config()

@@ -261,36 +261,66 @@ class SlidingWindowLayer(keras.layers.Layer):
         y, _ = self.call_with_state(x, self.get_initial_state(batch), training=training)
         return y
 
+    def decode_cache(self, keys, values):
+        """Decoding cache from the last complete block's keys/values
+        `[B, W, H, Dh]` (a stream state's `keys`/`values`).
+
+        One ring `[B, H, 2W, Dh]` float32 per keys and values, head-major so
+        that a step reads it in place (`attention_ops.attend_cached`): the
+        current block writes the half `half` names, the other half holds
+        the previous block. `end_block` only flips `half` (`[B]` int32), so
+        nothing is copied when a block ends.
+        """
+        keys = ops.cast(ops.swapaxes(keys, 1, 2), "float32")
+        values = ops.cast(ops.swapaxes(values, 1, 2), "float32")
+        batch = ops.shape(keys)[0]
+        return {
+            # Previous block in the second half, the current block writes the first.
+            "keys": ops.concatenate([ops.zeros_like(keys), keys], axis=2),
+            "values": ops.concatenate([ops.zeros_like(values), values], axis=2),
+            "half": ops.zeros((batch,), "int32"),
+        }
+
     def decode_step(self, x, cache, index, state_kv=None):
         """Processes one token `x [B, 1, d]` at position `index` of its block.
 
-        `cache` holds `previous_keys/previous_values` (the last complete
-        block) and `keys/values` (the current block's buffer), all
-        `[B, W, H, Dh]`. Returns `(y [B, 1, d], new_cache)`; the cost does not
-        depend on how many tokens came before.
+        `cache` is `decode_cache`'s ring. Returns `(y [B, 1, d], new_cache)`;
+        the cost does not depend on how many tokens came before.
         """
         x = ops.cast(x, self.compute_dtype)
         q, k, v, q2 = self.project(x)
-        start = (0, ops.convert_to_tensor(index, "int32"), 0, 0)
-        keys = ops.slice_update(cache["keys"], start, ops.cast(k, "float32"))
-        values = ops.slice_update(cache["values"], start, ops.cast(v, "float32"))
-        k2 = ops.cast(ops.concatenate([cache["previous_keys"], keys], 1), k.dtype)
-        v2 = ops.cast(ops.concatenate([cache["previous_values"], values], 1), v.dtype)
-        self_out = self.self_attention.attend_row(q, k2, v2, index)
+        w = self.block_size
+        half = cache["half"][0]
+        start = (0, 0, half * w + ops.convert_to_tensor(index, "int32"), 0)
+        keys = ops.slice_update(
+            cache["keys"], start, ops.cast(ops.swapaxes(k, 1, 2), "float32")
+        )
+        values = ops.slice_update(
+            cache["values"], start, ops.cast(ops.swapaxes(v, 1, 2), "float32")
+        )
+        self_out = self.self_attention.attend_row(q, keys, values, index, half)
         cross_out = self.cross_attend(q2, state_kv) if state_kv is not None else None
         y = self.finish(x, self_out, cross_out)
         return y, dict(cache, keys=keys, values=values)
 
+    def block_keys_values(self, cache):
+        """The ring in time order, previous block first: `[B, 2W, H, Dh]`
+        keys and values (what the recurrent cell reads at a block's end)."""
+        w = self.block_size
+        out = []
+        for ring in (cache["keys"], cache["values"]):
+            ordered = ops.where(
+                ops.equal(cache["half"][0], 1),
+                ring,
+                ops.concatenate([ring[:, :, w:], ring[:, :, :w]], axis=2),
+            )
+            out.append(ops.swapaxes(ordered, 1, 2))
+        return out
+
     def end_block(self, cache):
-        """After the W-th token of a block: the buffer becomes the previous
-        block and a new empty buffer starts."""
-        return dict(
-            cache,
-            previous_keys=cache["keys"],
-            previous_values=cache["values"],
-            keys=ops.zeros_like(cache["keys"]),
-            values=ops.zeros_like(cache["values"]),
-        )
+        """After the W-th token of a block: the block just written becomes
+        the previous one and the next block writes the other half."""
+        return dict(cache, half=1 - cache["half"])
 
     def get_config(self):
         config = super().get_config()

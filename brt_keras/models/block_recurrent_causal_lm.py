@@ -20,6 +20,8 @@ from brt_keras.models.block_recurrent_causal_lm_preprocessor import (
 
 # `generate` compiles once per batch size and multiple of this many tokens.
 LENGTH_BUCKET = 64
+# The decode-cache entries a block's end changes in a recurrent layer.
+RECURRENT_CACHE = ("recurrent_state", "state_keys", "state_values")
 
 # Preset directories shipped with the package: `from_preset("<name>")`.
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "presets")
@@ -228,17 +230,14 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
 
     def decode_cache(self, state):
         """Per-layer decoding cache from a stream state at a block boundary:
-        previous block K/V, an empty current-block buffer, the recurrent
-        state and its keys/values."""
+        a key/value ring holding the previous block and the current block's
+        buffer (`SlidingWindowLayer.decode_cache`), the recurrent state and
+        its keys/values."""
         cache = {}
         for i, layer in enumerate(self.backbone.transformer_layers):
             s = state[f"layer_{i}"]
-            c = {
-                "previous_keys": s["keys"],
-                "previous_values": s["values"],
-                "keys": ops.zeros_like(s["keys"]),
-                "values": ops.zeros_like(s["values"]),
-            }
+            token_layer = layer.cell.token_layer if hasattr(layer, "cell") else layer
+            c = token_layer.decode_cache(s["keys"], s["values"])
             if "recurrent_state" in s:
                 c["recurrent_state"] = s["recurrent_state"]
                 c["state_keys"], c["state_values"] = layer.state_kv(s)
@@ -315,12 +314,31 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
         w = self.backbone.block_size
         position = ops.mod(ops.cast(cache_update_index, "int32"), w)
         logits, cache = self.decode_step(token_ids[:, 0], cache, position)
-        cache = ops.cond(
-            ops.equal(position, w - 1),
-            lambda: self.end_block(cache),
-            lambda: cache,
+        return (
+            logits[:, None, :],
+            None,
+            self._end_block_if(cache, ops.equal(position, w - 1)),
         )
-        return logits[:, None, :], None, cache
+
+    def _end_block_if(self, cache, is_end):
+        """`end_block(cache)` where `is_end` (a scalar bool tensor), else
+        `cache`, without a conditional over the whole cache (a branch that
+        returns the cache unchanged still copies it, every token): the rings
+        only flip `half`, and only the recurrent state update is a branch."""
+        backbone, new = self.backbone, {}
+        for i, layer in enumerate(backbone.transformer_layers):
+            c = cache[f"layer_{i}"]
+            if i in backbone.recurrent_indices:
+                updated = ops.cond(
+                    is_end,
+                    lambda c=c, layer=layer: layer.update_recurrent(c),
+                    lambda c=c: {k: c[k] for k in RECURRENT_CACHE},
+                )
+                c = dict(c, **updated)
+            new[f"layer_{i}"] = dict(
+                c, half=ops.where(is_end, 1 - c["half"], c["half"])
+            )
+        return new
 
     def prefill(self, token_ids, num_blocks):
         """The stream state after the first `num_blocks` blocks of
