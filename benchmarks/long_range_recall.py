@@ -563,6 +563,13 @@ def parser():
         help="recipe, then the recipe with each lever removed once (rec only)",
     )
     p.add_argument("--name", default="long_range_recall")
+    p.add_argument(
+        "--from-partial",
+        default=None,
+        metavar="JSON",
+        help="report the runs saved in an interrupted run's <name>_partial.json"
+        " (no training; give the same other flags)",
+    )
     return p
 
 
@@ -592,7 +599,17 @@ def main(argv=None):
     import argparse
 
     results = []
-    for label, variant, settings in runs:
+    if args.from_partial:
+        with open(args.from_partial) as f:
+            results = json.load(f)["results"]
+        runs = [
+            (label, v, s)
+            for label, v, s in runs
+            if any(r["label"] == label and r["variant"] == v for r in results)
+        ]
+        variants = [v for v in variants if any(r["variant"] == v for r in results)]
+        common.log(f"[{args.name}] {len(results)} runs from {args.from_partial}")
+    for label, variant, settings in [] if args.from_partial else runs:
         run_args = argparse.Namespace(**settings)
         for seed in seeds:
             common.log(f"[{args.name}] {variant} {label} seed {seed} ...")
