@@ -110,3 +110,21 @@ def test_int8_model_exports_the_stream_endpoint(tmp_path):
     path = export_lm(lm, str(tmp_path))
     diffs = check_export(lm, path)
     assert diffs["stream"] < 1e-4 and diffs["serve"] < 1e-4
+
+
+def test_quantize_int8_with_a_preprocessor_attached():
+    """A text model (tokenizer attached, as every preset with weights has)
+    quantizes with Keras' call; the tokenizer is left alone, and text still
+    comes out."""
+    from brt_keras.models import BlockRecurrentCausalLMPreprocessor
+    from brt_keras.models import BlockRecurrentTokenizer
+
+    lm = fresh_lm()
+    lm.preprocessor = BlockRecurrentCausalLMPreprocessor(BlockRecurrentTokenizer())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "cannot quantize" warnings
+        lm.quantize("int8")
+    kernel = lm.backbone.transformer_layers[0].query_dense._kernel
+    assert kernel.dtype == "int8"
+    out = lm.generate("It is", max_length=12)
+    assert isinstance(out, str) and out.startswith("It is")

@@ -273,6 +273,22 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
             for i, layer in enumerate(self.backbone.transformer_layers)
         }
 
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """Keras' `Model.quantize` (e.g. `lm.quantize("int8")`) on the
+        network; the preprocessor's tokenizer (a layer without weights, never
+        built) is left out, where Keras would refuse it as unbuilt.
+        `filters` works as in Keras."""
+        from keras.src.quantizers.utils import should_quantize_layer
+
+        skipped = set()
+        if self.preprocessor is not None:
+            skipped = {id(layer) for layer in self.preprocessor._flatten_layers()}
+
+        def keep(layer):
+            return id(layer) not in skipped and should_quantize_layer(layer, filters)
+
+        return super().quantize(mode, config=config, filters=keep, **kwargs)
+
     def _compiled(self, name, fn):
         """`fn` compiled for the active backend (tf.function+XLA / jax.jit)."""
         cached = getattr(self, "_compiled_fns", None)
