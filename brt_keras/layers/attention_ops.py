@@ -17,6 +17,21 @@ def l2_normalize(x, epsilon=1e-6):
     return x * ops.rsqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + epsilon)
 
 
+def safe_softmax_parts(logits):
+    """`(exp(logits - m), denominator)` of the reference's safe softmax over
+    the last axis: the denominator holds a phantom logit of -1000, so a fully
+    masked row attends to nothing. Divide the attended output by it."""
+    # The max only keeps exp() in range; the result does not depend on it.
+    m = ops.stop_gradient(
+        ops.maximum(ops.max(logits, axis=-1, keepdims=True), SAFE_SOFTMAX_MIN)
+    )
+    weights = ops.exp(logits - m)
+    denominator = ops.sum(weights, axis=-1, keepdims=True) + ops.exp(
+        SAFE_SOFTMAX_MIN - m
+    )
+    return weights, denominator
+
+
 def attend(
     queries,
     keys,
@@ -66,14 +81,7 @@ def attend(
         tile = ops.where(mask, 0.0 if tile is None else tile, MASK_VALUE)
     if tile is not None:
         logits = logits + tile
-    # The max only keeps exp() in range; the result does not depend on it.
-    m = ops.stop_gradient(
-        ops.maximum(ops.max(logits, axis=-1, keepdims=True), SAFE_SOFTMAX_MIN)
-    )
-    weights = ops.exp(logits - m)
-    denominator = ops.sum(weights, axis=-1, keepdims=True) + ops.exp(
-        SAFE_SOFTMAX_MIN - m
-    )
+    weights, denominator = safe_softmax_parts(logits)
     weights = ops.cast(weights, values.dtype)
     if dropout is not None:
         weights = dropout(weights, training=training)
@@ -110,14 +118,7 @@ def attend_cached(query, cached, temperature, tile):
     logits = ops.concatenate(
         [ops.einsum("bhqd,bhkd->bhqk", q, k) for k, _ in cached], axis=-1
     )
-    logits = logits + tile
-    m = ops.stop_gradient(
-        ops.maximum(ops.max(logits, axis=-1, keepdims=True), SAFE_SOFTMAX_MIN)
-    )
-    weights = ops.exp(logits - m)
-    denominator = ops.sum(weights, axis=-1, keepdims=True) + ops.exp(
-        SAFE_SOFTMAX_MIN - m
-    )
+    weights, denominator = safe_softmax_parts(logits + tile)
     out, start = None, 0
     for _, v in cached:
         size = ops.shape(v)[2]
