@@ -16,6 +16,7 @@ one.
 
 import time
 
+import keras
 import numpy as np
 
 from benchmarks import common
@@ -85,7 +86,22 @@ def measure(variant, size, window, tokens, steps, seed=0, dropout=None, remat=Fa
         "remat": bool(remat),
         # ru_maxrss is in KiB on Linux: the whole process, compile included.
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_accelerator_gib": peak_accelerator_gib(),
     }
+
+
+def peak_accelerator_gib():
+    """Peak memory the step held on a GPU/TPU (JAX backend), None on a CPU."""
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return None
+    stats = device.memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**30
 
 
 def measure_isolated(variant, size, window, tokens, steps, seed, dropout, remat=False):
@@ -259,6 +275,7 @@ def main(argv=None):
         "model TFLOP/step",
         "compile s",
         "peak RSS GiB",
+        "peak accel. GiB",
     ]
 
     def cell(r, key):
@@ -279,6 +296,7 @@ def main(argv=None):
             cell(r, "model_tflops_per_step"),
             cell(r, "compile_and_first_step_s"),
             cell(r, "peak_rss_gib"),
+            r.get("peak_accelerator_gib"),
         ]
         for r in all_rows
     ]
