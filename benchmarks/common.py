@@ -302,7 +302,14 @@ class TrainStep:
             mapping = list(zip(trainable, tv)) + list(zip(non_trainable, ntv))
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 loss, new_state = self._forward_loss(inputs, targets, state, sos)
-            ntv = [scope.get_current_value(v) for v in non_trainable]
+            # A value the step did not write passes through: its input
+            # buffer is donated, so the variable must get it back.
+            ntv = [
+                old if new is None else new
+                for new, old in zip(
+                    (scope.get_current_value(v) for v in non_trainable), ntv
+                )
+            ]
             return loss, (new_state, ntv)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -314,7 +321,9 @@ class TrainStep:
             tv, ov = opt.stateless_apply(ov, grads, tv)
             return loss, new_state, tv, ntv, ov
 
-        jitted = jax.jit(step) if self.jit_compile else step
+        # Weights, non-trainables and optimizer slots are replaced every
+        # step: donating them lets XLA update them in place (no second copy).
+        jitted = jax.jit(step, donate_argnums=(0, 1, 2)) if self.jit_compile else step
 
         def run(inputs, targets, state, sos):
             tv = [v.value for v in trainable]
