@@ -32,23 +32,31 @@ from benchmarks.generation import Decoder
 PRECISIONS = ("float32", "bfloat16", "int8")
 
 
-def build(variant, size, precision, seed):
+def at_precision(make_lm, precision):
+    """`make_lm()` in `precision`: "float32", "bfloat16" (built under the
+    bfloat16 dtype policy) or "int8" (Keras' weight-only `quantize`)."""
     import keras
 
-    keras.utils.set_random_seed(seed)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
     if precision == "bfloat16":
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy("bfloat16")
         try:
-            return common.build_lm(variant, size)
+            return make_lm()
         finally:
             keras.config.set_dtype_policy(previous)
-    lm = common.build_lm(variant, size)
+    lm = make_lm()
     if precision == "int8":
         lm.quantize("int8")
-    elif precision != "float32":
-        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
     return lm
+
+
+def build(variant, size, precision, seed):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return at_precision(lambda: common.build_lm(variant, size), precision)
 
 
 def weight_bytes(lm):

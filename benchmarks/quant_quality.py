@@ -24,28 +24,17 @@ import time
 import numpy as np
 
 from benchmarks import common
+from benchmarks import decoding
 
 PRECISIONS = ("float32", "int8", "bfloat16")
 
 
 def load(preset, precision):
-    import keras
-
     from brt_keras import BlockRecurrentCausalLM
 
-    if precision == "bfloat16":
-        previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("bfloat16")
-        try:
-            return BlockRecurrentCausalLM.from_preset(preset)
-        finally:
-            keras.config.set_dtype_policy(previous)
-    lm = BlockRecurrentCausalLM.from_preset(preset)
-    if precision == "int8":
-        lm.quantize("int8")
-    elif precision != "float32":
-        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
-    return lm
+    return decoding.at_precision(
+        lambda: BlockRecurrentCausalLM.from_preset(preset), precision
+    )
 
 
 def continuations(lm, prompts, new_tokens):
