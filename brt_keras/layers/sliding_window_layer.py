@@ -317,10 +317,16 @@ class SlidingWindowLayer(keras.layers.Layer):
             out.append(ops.swapaxes(ordered, 1, 2))
         return out
 
-    def end_block(self, cache):
+    def end_block(self, cache, when=None):
         """After the W-th token of a block: the block just written becomes
-        the previous one and the next block writes the other half."""
-        return dict(cache, half=1 - cache["half"])
+        the previous one and the next block writes the other half. `when`:
+        optional scalar bool tensor; the ring flips only where it is true
+        (a select on one integer, not a branch over the cache)."""
+        half = cache["half"]
+        flipped = 1 - half
+        return dict(
+            cache, half=flipped if when is None else ops.where(when, flipped, half)
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -351,9 +351,8 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
                     lambda c=c: {k: c[k] for k in RECURRENT_CACHE},
                 )
                 c = dict(c, **updated)
-            new[f"layer_{i}"] = dict(
-                c, half=ops.where(is_end, 1 - c["half"], c["half"])
-            )
+                layer = layer.cell.token_layer
+            new[f"layer_{i}"] = layer.end_block(c, when=is_end)
         return new
 
     def prefill(self, token_ids, num_blocks):
