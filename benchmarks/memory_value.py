@@ -160,6 +160,87 @@ def paired_difference(carried, reset, resamples):
     return scoring.paired_difference(carried, reset, samples=resamples)
 
 
+def curve_drop(curve, start, min_tokens):
+    """Bits/token of the bucket starting at `start` minus that of the last
+    bucket holding at least `min_tokens` tokens (how much the curve still falls
+    past `start`), with the two buckets' starts; None if there is no such pair."""
+    buckets = [b for b in curve or () if b["bits_per_token"] is not None]
+    first = [b for b in buckets if b["start"] == start]
+    last = [b for b in buckets if b["tokens"] >= min_tokens and b["start"] > start]
+    if not first or not last:
+        return None
+    a, b = first[0], last[-1]
+    return {
+        "from": a["start"],
+        "to": b["start"],
+        "drop": a["bits_per_token"] - b["bits_per_token"],
+    }
+
+
+def target_notes(results, corpus, args):
+    """The issue's targets on `corpus`, read off the evaluations: returns
+    (payload, notes)."""
+    found, notes = {}, []
+    get = {p: results.get((corpus, p), {}) for p in args.presets.split(",")}
+    rec = get.get("rec_fixed_skip", {})
+    carried = {p: e["never"] for p, e in get.items() if e.get("never")}
+    if "rec_fixed_skip" in carried:
+        for other in carried:
+            if other == "rec_fixed_skip":
+                continue
+            d = paired_difference(
+                carried["rec_fixed_skip"], carried[other], args.bootstrap
+            )
+            beyond = d["interval"][0] > 0
+            found[f"{other} - rec_fixed_skip"] = dict(d, met=beyond)
+            notes.append(
+                f"{corpus}: {other} - rec_fixed_skip (carried) = {d['difference']:+.4f} "
+                f"bits/token [{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}] over "
+                f"{d['documents']} documents (paired): rec_fixed_skip "
+                + (
+                    "better beyond the interval"
+                    if beyond
+                    else "NOT better beyond the interval"
+                )
+            )
+    if rec.get("difference"):
+        d = rec["difference"]
+        beyond = d["interval"][0] > 0
+        found["rec_fixed_skip reset - carried"] = dict(d, met=beyond)
+        notes.append(
+            f"{corpus}: rec_fixed_skip reset - carried = {d['difference']:+.4f} "
+            f"[{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}]: "
+            + (
+                "positive beyond the interval"
+                if beyond
+                else "NOT positive beyond the interval"
+            )
+        )
+    min_tokens = max(1, args.eval_tokens // 50)
+    drops = {}
+    for p, result in carried.items():
+        drop = curve_drop(result.get("by_position"), args.receptive_field, min_tokens)
+        if drop:
+            drops[p] = drop
+            notes.append(
+                f"{corpus}: {p} by position, bucket {drop['from']} -> bucket "
+                f"{drop['to']}: falls {drop['drop']:+.4f} bits/token past the sliding "
+                f"stack's receptive field ({args.receptive_field})"
+            )
+    found["drop_past_receptive_field"] = drops
+    if carried:
+        order = sorted(carried, key=lambda p: carried[p]["bits_per_token"])
+        paper = PAPER_GITHUB if corpus == "code" else PAPER_PG19
+        paper_order = sorted((p for p in order if p in paper), key=paper.get)
+        found["order"] = order
+        notes.append(
+            f"{corpus}: order by carried bits/token {' < '.join(order)}; the paper's "
+            f"({'GitHub' if corpus == 'code' else 'PG19'}) {' < '.join(paper_order)}"
+            + (" (same)" if order == paper_order else " (differs)")
+        )
+    return found, notes
+
+
 def interval(result):
     return (result.get("bootstrap") or {}).get("bits_per_token")
 
@@ -363,6 +444,10 @@ def main(argv=None):
         f"{args.receptive_field} tokens. Paper column: 150M models, T5 tokens, "
         "GitHub (code) / PG19 (books) bits/token; compare the order only."
     )
+    targets = {}
+    for corpus in corpora:
+        targets[corpus], corpus_notes = target_notes(results, corpus, args)
+        notes.extend(corpus_notes)
     png = plot(results, list(corpora), args)
     common.report(
         "memory_value",
@@ -381,6 +466,7 @@ def main(argv=None):
         {
             "config": vars(args),
             "results": {f"{c}/{p}": e for (c, p), e in results.items()},
+            "targets": targets,
             "plot": png,
         },
         args.out_dir,

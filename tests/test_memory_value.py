@@ -1,0 +1,74 @@
+"""benchmarks.memory_value's reading of the issue-10 targets from evaluations."""
+
+import argparse
+
+from benchmarks import memory_value
+
+
+def _eval(bits_per_doc, curve):
+    """A trainers.evaluate-shaped result: per-document totals and a by-position curve."""
+    docs = len(bits_per_doc)
+    tokens = [1000] * docs
+    return {
+        "bits_per_token": sum(bits_per_doc) / sum(tokens),
+        "per_document": {
+            "index": list(range(docs)),
+            "tokens": tokens,
+            "bytes": tokens,
+            "nll_bits": list(bits_per_doc),
+        },
+        "by_position": [
+            {"start": s, "end": 2 * s or 256, "tokens": n, "bits_per_token": b}
+            for s, n, b in curve
+        ],
+    }
+
+
+ARGS = argparse.Namespace(
+    presets="rec_fixed_skip,slide_12",
+    bootstrap=200,
+    eval_tokens=10_000,
+    receptive_field=256,
+)
+
+
+def test_curve_drop_reads_the_fall_past_the_receptive_field():
+    curve = _eval(
+        [1.0], [(0, 500, 3.0), (256, 500, 2.0), (512, 900, 1.5), (1024, 10, 0.1)]
+    )
+    drop = memory_value.curve_drop(curve["by_position"], 256, min_tokens=200)
+    # The last bucket has too few tokens to count: 2.0 -> 1.5.
+    assert drop == {"from": 256, "to": 512, "drop": 0.5}
+    assert memory_value.curve_drop(curve["by_position"], 4096, 1) is None
+
+
+def test_targets_met_and_missed_are_told_apart():
+    flat = [(0, 500, 3.0), (256, 500, 2.0), (512, 500, 2.0)]
+    falling = [(0, 500, 3.0), (256, 500, 2.0), (512, 500, 1.6)]
+    rec = {
+        "never": _eval([1500 + i for i in range(20)], falling),
+        "every_segment": _eval([1700 + i for i in range(20)], flat),
+    }
+    rec["difference"] = memory_value.paired_difference(
+        rec["never"], rec["every_segment"], 200
+    )
+    slide = {"never": _eval([1600 + 3 * i for i in range(20)], flat)}
+    results = {("code", "rec_fixed_skip"): rec, ("code", "slide_12"): slide}
+    found, notes = memory_value.target_notes(results, "code", ARGS)
+    assert found["slide_12 - rec_fixed_skip"]["met"]
+    assert found["rec_fixed_skip reset - carried"]["met"]
+    drops = found["drop_past_receptive_field"]
+    assert drops["rec_fixed_skip"]["drop"] > 0.3 and drops["slide_12"]["drop"] == 0.0
+    assert found["order"] == ["rec_fixed_skip", "slide_12"]
+    assert any("(same)" in n for n in notes)
+
+    # Swapped: slide_12 better, so the first target reads as missed.
+    results = {
+        ("code", "rec_fixed_skip"): slide | {"never": slide["never"]},
+        ("code", "slide_12"): {"never": rec["never"]},
+    }
+    found, notes = memory_value.target_notes(results, "code", ARGS)
+    assert not found["slide_12 - rec_fixed_skip"]["met"]
+    assert any("NOT better" in n for n in notes) and any(
+        "(differs)" in n for n in notes
+    )
