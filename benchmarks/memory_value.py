@@ -177,6 +177,20 @@ def curve_drop(curve, start, min_tokens):
     }
 
 
+def bucket_gaps(curve_a, curve_b, min_tokens):
+    """Bits/token of `curve_b` minus `curve_a` in every position bucket both
+    filled with at least `min_tokens` tokens."""
+    b_at = {b["start"]: b for b in curve_b or ()}
+    gaps = []
+    for a in curve_a or ():
+        b = b_at.get(a["start"])
+        if b and min(a["tokens"], b["tokens"]) >= min_tokens:
+            if a["bits_per_token"] is not None and b["bits_per_token"] is not None:
+                gap = b["bits_per_token"] - a["bits_per_token"]
+                gaps.append({"start": a["start"], "gap": gap})
+    return gaps
+
+
 def target_notes(results, corpus, args):
     """The issue's targets on `corpus`, read off the evaluations: returns
     (payload, notes)."""
@@ -216,7 +230,7 @@ def target_notes(results, corpus, args):
                 else "NOT positive beyond the interval"
             )
         )
-    min_tokens = max(1, args.eval_tokens // 50)
+    min_tokens = max(1, args.eval_tokens // 200)
     drops = {}
     for p, result in carried.items():
         drop = curve_drop(result.get("by_position"), args.receptive_field, min_tokens)
@@ -228,6 +242,22 @@ def target_notes(results, corpus, args):
                 f"stack's receptive field ({args.receptive_field})"
             )
     found["drop_past_receptive_field"] = drops
+    # Later buckets hold only the longer documents, so one curve mixes
+    # documents; the gap between two models at the same position does not.
+    if "rec_fixed_skip" in carried:
+        for other in carried:
+            if other == "rec_fixed_skip":
+                continue
+            gaps = bucket_gaps(
+                carried["rec_fixed_skip"]["by_position"],
+                carried[other]["by_position"],
+                min_tokens,
+            )
+            found[f"{other} - rec_fixed_skip by position"] = gaps
+            notes.append(
+                f"{corpus}: {other} - rec_fixed_skip by position: "
+                + ", ".join(f"{g['start']}: {g['gap']:+.3f}" for g in gaps)
+            )
     if carried:
         order = sorted(carried, key=lambda p: carried[p]["bits_per_token"])
         paper = PAPER_GITHUB if corpus == "code" else PAPER_PG19

@@ -60,6 +60,9 @@ def test_targets_met_and_missed_are_told_apart():
     drops = found["drop_past_receptive_field"]
     assert drops["rec_fixed_skip"]["drop"] > 0.3 and drops["slide_12"]["drop"] == 0.0
     assert found["order"] == ["rec_fixed_skip", "slide_12"]
+    gaps = found["slide_12 - rec_fixed_skip by position"]
+    assert [g["start"] for g in gaps] == [0, 256, 512]
+    assert abs(gaps[2]["gap"] - 0.4) < 1e-9 and gaps[0]["gap"] == 0.0
     assert any("(same)" in n for n in notes)
 
     # Swapped: slide_12 better, so the first target reads as missed.
