@@ -114,6 +114,13 @@ def train(corpus, preset, args, data_dir, run_dir):
     ]
     if args.backend:
         cmd.append(f"--backend={args.backend}")
+    rows = history(run_dir)
+    if (
+        rows
+        and rows[-1]["step"] >= steps
+        and os.path.exists(os.path.join(run_dir, "model.keras"))
+    ):
+        return 0, steps  # finished: no need to start the trainer to find out
     os.makedirs(run_dir, exist_ok=True)
     rc = run_command(cmd, os.path.join(run_dir, "memory_value_train.log"))
     return rc, steps
@@ -173,6 +180,8 @@ def curve_drop(curve, start, min_tokens):
     return {
         "from": a["start"],
         "to": b["start"],
+        "from_bits": a["bits_per_token"],
+        "to_bits": b["bits_per_token"],
         "drop": a["bits_per_token"] - b["bits_per_token"],
     }
 
@@ -236,10 +245,12 @@ def target_notes(results, corpus, args):
         drop = curve_drop(result.get("by_position"), args.receptive_field, min_tokens)
         if drop:
             drops[p] = drop
+            trend = "falls" if drop["drop"] > 0 else "does NOT fall"
             notes.append(
-                f"{corpus}: {p} by position, bucket {drop['from']} -> bucket "
-                f"{drop['to']}: falls {drop['drop']:+.4f} bits/token past the sliding "
-                f"stack's receptive field ({args.receptive_field})"
+                f"{corpus}: {p} by position {trend} past the sliding stack's "
+                f"receptive field ({args.receptive_field}): bucket {drop['from']} "
+                f"{drop['from_bits']:.3f}, last bucket with >= {min_tokens} tokens "
+                f"({drop['to']}) {drop['to_bits']:.3f} bits/token"
             )
     found["drop_past_receptive_field"] = drops
     # Later buckets hold only the longer documents, so one curve mixes

@@ -38,7 +38,13 @@ def test_curve_drop_reads_the_fall_past_the_receptive_field():
     )
     drop = memory_value.curve_drop(curve["by_position"], 256, min_tokens=200)
     # The last bucket has too few tokens to count: 2.0 -> 1.5.
-    assert drop == {"from": 256, "to": 512, "drop": 0.5}
+    assert drop == {
+        "from": 256,
+        "to": 512,
+        "from_bits": 2.0,
+        "to_bits": 1.5,
+        "drop": 0.5,
+    }
     assert memory_value.curve_drop(curve["by_position"], 4096, 1) is None
 
 
