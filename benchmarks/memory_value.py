@@ -203,6 +203,8 @@ def bucket_gaps(curve_a, curve_b, min_tokens):
 def target_notes(results, corpus, args):
     """The issue's targets on `corpus`, read off the evaluations: returns
     (payload, notes)."""
+    from trainers import scoring
+
     found, notes = {}, []
     get = {p: results.get((corpus, p), {}) for p in args.presets.split(",")}
     rec = get.get("rec_fixed_skip", {})
@@ -239,6 +241,25 @@ def target_notes(results, corpus, args):
                 else "NOT positive beyond the interval"
             )
         )
+    # Resetting also empties the sliding caches, which every model loses; what
+    # rec_fixed_skip loses beyond another model is what its state carried.
+    if rec.get("never") and rec.get("every_segment"):
+        for other, e in get.items():
+            if other == "rec_fixed_skip" or not (
+                e.get("never") and e.get("every_segment")
+            ):
+                continue
+            d = scoring.paired_contrast(
+                [rec["every_segment"], rec["never"], e["every_segment"], e["never"]],
+                [1, -1, -1, 1],
+                samples=args.bootstrap,
+            )
+            found[f"rec_fixed_skip reset cost - {other}'s"] = d
+            notes.append(
+                f"{corpus}: rec_fixed_skip's reset cost minus {other}'s = "
+                f"{d['difference']:+.4f} [{d['interval'][0]:+.4f}, "
+                f"{d['interval'][1]:+.4f}] (paired over {d['documents']} documents)"
+            )
     min_tokens = max(1, args.eval_tokens // 200)
     drops = {}
     for p, result in carried.items():

@@ -65,6 +65,12 @@ def test_targets_met_and_missed_are_told_apart():
     assert found["rec_fixed_skip reset - carried"]["met"]
     drops = found["drop_past_receptive_field"]
     assert drops["rec_fixed_skip"]["drop"] > 0.3 and drops["slide_12"]["drop"] == 0.0
+    # rec loses 200 bits per document on reset; slide_12 has no reset run.
+    assert "rec_fixed_skip reset cost - slide_12's" not in found
+    slide["every_segment"] = _eval([1650 + 3 * i for i in range(20)], flat)
+    found, _ = memory_value.target_notes(results, "code", ARGS)
+    cost = found["rec_fixed_skip reset cost - slide_12's"]
+    assert abs(cost["difference"] - 0.15) < 1e-9 and cost["interval"][0] > 0.1
     assert found["order"] == ["rec_fixed_skip", "slide_12"]
     gaps = found["slide_12 - rec_fixed_skip by position"]
     assert [g["start"] for g in gaps] == [0, 256, 512]

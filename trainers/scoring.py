@@ -213,29 +213,32 @@ def _percentiles(values, level):
 def paired_difference(result_a, result_b, key="bits_per_token", samples=1000, seed=0):
     """Difference ``b - a`` of two evaluations (their JSON dicts) over the documents both
     scored, with a paired 95 % bootstrap interval: ``{"difference", "interval", "documents"}``."""
-    da, db = result_a["per_document"], result_b["per_document"]
-    common = sorted(set(da["index"]) & set(db["index"]))
+    return paired_contrast([result_a, result_b], [-1, 1], key, samples, seed)
+
+
+def paired_contrast(results, weights, key="bits_per_token", samples=1000, seed=0):
+    """``sum_i weights[i] * results[i][key]`` over the documents every evaluation scored,
+    with a paired 95 % bootstrap interval (the same documents drawn for all), e.g.
+    weights ``[1, -1, -1, 1]`` on (A reset, A carried, B reset, B carried): how much more
+    A loses than B when its state is reset. ``{"difference", "interval", "documents"}``."""
+    per_doc = [r["per_document"] for r in results]
+    common = sorted(set.intersection(*(set(d["index"]) for d in per_doc)))
     if not common:
-        raise ValueError(
-            "the two evaluations share no document; evaluate the same split"
-        )
+        raise ValueError("the evaluations share no document; evaluate the same split")
     unit = "tokens" if key == "bits_per_token" else "bytes"
 
     def column(d, name):
         pos = {i: j for j, i in enumerate(d["index"])}
         return np.array([d[name][pos[i]] for i in common], np.float64)
 
-    num = np.stack([column(da, "nll_bits"), column(db, "nll_bits")])
-    den = np.stack([column(da, unit), column(db, unit)])
-    diff = num[1].sum() / den[1].sum() - num[0].sum() / den[0].sum()
-    interval = _paired(num, den, samples, seed)
-    return {"difference": float(diff), "interval": interval, "documents": len(common)}
-
-
-def _paired(num, den, samples, seed, level=0.95):
+    num = np.stack([column(d, "nll_bits") for d in per_doc])
+    den = np.stack([column(d, unit) for d in per_doc])
+    w = np.asarray(weights, np.float64)
+    value = float(w @ (num.sum(1) / den.sum(1)))
     counts = _resample_counts(num.shape[1], samples, seed)
-    ratios = (counts @ num.T) / (counts @ den.T)  # [samples, 2]
-    return _percentiles(ratios[:, 1] - ratios[:, 0], level)
+    ratios = (counts @ num.T) / (counts @ den.T)  # [samples, evaluations]
+    interval = _percentiles(ratios @ w, 0.95)
+    return {"difference": value, "interval": interval, "documents": len(common)}
 
 
 def plot_by_position(curves, path, title=None, receptive_field=None):
