@@ -37,6 +37,7 @@ over training (`long_range_recall_diagnostics.png`).
 
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -270,16 +271,17 @@ def attention_diagnostics(lm, x, pair_blocks, query_pos):
     temps = {
         "state_write": float(np.mean(tau_write)),
         "token_read": float(np.mean(tau_read)),
-        "token_self_layer0": float(
-            np.mean(
-                np.asarray(
-                    backbone.transformer_layers[
-                        0
-                    ].self_attention.effective_temperature()
-                )
-            )
-        ),
     }
+    # The lowest sliding layer's self-attention (layer 0 unless the recurrent
+    # layer is at the bottom, as in the ablation without a layer below it).
+    sliding = [
+        layer
+        for layer in backbone.transformer_layers
+        if hasattr(layer, "self_attention")
+    ]
+    if sliding:
+        tau = sliding[0].self_attention.effective_temperature()
+        temps["token_self_lowest_sliding"] = float(np.mean(np.asarray(tau)))
     return {
         "write_entropy": float(np.mean(write_entropy)),
         "write_entropy_uniform": math.log(2 * w),
@@ -562,6 +564,12 @@ def parser():
         action="store_true",
         help="recipe, then the recipe with each lever removed once (rec only)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs of an interrupted run's <name>_partial.json and run"
+        " only the missing ones (give the same other flags)",
+    )
     p.add_argument("--name", default="long_range_recall")
     p.add_argument(
         "--from-partial",
@@ -609,9 +617,19 @@ def main(argv=None):
         ]
         variants = [v for v in variants if any(r["variant"] == v for r in results)]
         common.log(f"[{args.name}] {len(results)} runs from {args.from_partial}")
+    partial = common.results_path(args.name + "_partial", "json", args.out_dir)
+    if args.resume and not args.from_partial and os.path.exists(partial):
+        with open(partial) as f:
+            results = json.load(f)["results"]
+        common.log(f"[{args.name}] resuming after {len(results)} runs in {partial}")
     for label, variant, settings in [] if args.from_partial else runs:
         run_args = argparse.Namespace(**settings)
         for seed in seeds:
+            if any(
+                (r["label"], r["variant"], r["seed"]) == (label, variant, seed)
+                for r in results
+            ):
+                continue  # done before an interruption (--resume)
             common.log(f"[{args.name}] {variant} {label} seed {seed} ...")
             r = train_and_eval(variant, seed, run_args)
             r["label"] = label

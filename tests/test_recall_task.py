@@ -82,3 +82,23 @@ def test_curriculum_ends_at_the_target():
         recall.parse_curriculum("16", 8, 4)
     with pytest.raises(ValueError, match="curriculum stage"):
         recall.parse_curriculum("2@9", 8, 4)
+
+
+@pytest.mark.parametrize("recurrent_layer", [0, 1])
+def test_diagnostics_with_the_recurrent_layer_anywhere(recurrent_layer):
+    # The lever ablation puts the recurrent layer at the bottom (index 0);
+    # the diagnostics once assumed layer 0 was a sliding layer and crashed.
+    args = recall.parser().parse_args(
+        ["--num-layers", "3", "--window", "8", "--num-states", "4"]
+    )
+    args.recurrent_layer = recurrent_layer
+    lm = recall.build("rec_fixed_skip", args)
+    assert lm.backbone.recurrent_indices[0] == recurrent_layer
+    pair_blocks, query_block, blocks = recall.layout(8, 3, args.pairs)
+    x, _ = recall.make_batch(
+        np.random.default_rng(0), 2, 8, args.pairs, 16, 16, 32, query_block, blocks
+    )
+    pos = recall.query_positions(8, args.pairs, query_block)
+    d = recall.attention_diagnostics(lm, x, pair_blocks, pos)
+    assert 0 < d["write_entropy"] <= d["write_entropy_uniform"] + 1e-5
+    assert "token_self_lowest_sliding" in d["temperatures"]
