@@ -200,6 +200,97 @@ def bucket_gaps(curve_a, curve_b, min_tokens):
     return gaps
 
 
+def same_documents(carried, receptive_field, min_documents):
+    """`trainers.scoring.same_documents_by_position` over the carried evaluations
+    (``{preset: eval}``), reaching as far past the receptive field as at least
+    `min_documents` documents go; None if none reach the next bucket."""
+    from trainers import scoring
+
+    results = list(carried.values())
+    best = None
+    first = int(scoring.position_bucket([receptive_field])[0]) + 1
+    for k in range(first, 64):
+        start, _ = scoring.bucket_bounds(k)
+        found = scoring.same_documents_by_position(results, start, min_documents)
+        if found is None:
+            break
+        best = found
+    if best:
+        best["curves"] = dict(zip(carried, best["curves"]))
+    return best
+
+
+def same_document_notes(carried, corpus, args):
+    """The by-position targets on one fixed set of documents (the plain curves'
+    later buckets hold only the longest documents): each model's fall from the
+    receptive field's bucket to the last one, rec_fixed_skip's fall beyond each
+    other model's, and the per-bucket gaps, with paired intervals over documents."""
+    from trainers import scoring
+
+    try:
+        same = same_documents(carried, args.receptive_field, args.min_documents)
+    except ValueError as e:
+        return None, [f"{corpus}: same-documents curves not computed: {e}"]
+    if not same:
+        return None, [
+            f"{corpus}: fewer than {args.min_documents} documents reach past the "
+            f"receptive field ({args.receptive_field}); no same-documents curves"
+        ]
+    docs, notes = same["documents"], []
+    kr = int(scoring.position_bucket([args.receptive_field])[0])
+    kl = int(scoring.position_bucket([same["reach"]])[0])
+    found = {"documents": len(docs), "reach": same["reach"], "curves": same["curves"]}
+    found["drop"] = {}
+    head = f"{corpus}, the same {len(docs)} documents (each >= {same['reach']} tokens)"
+    for p, result in carried.items():
+        d = scoring.paired_bucket_contrast(
+            [result, result], [1, -1], [kr, kl], docs, args.bootstrap
+        )
+        found["drop"][p] = dict(d, met=d["interval"][0] > 0)
+        notes.append(
+            f"{head}: {p} falls {d['difference']:+.4f} [{d['interval'][0]:+.4f}, "
+            f"{d['interval'][1]:+.4f}] bits/token from bucket "
+            f"{scoring.bucket_bounds(kr)[0]} to bucket {same['reach']}"
+        )
+    rec = carried.get("rec_fixed_skip")
+    if rec is None:
+        return found, notes
+    for other, result in carried.items():
+        if other == "rec_fixed_skip":
+            continue
+        d = scoring.paired_bucket_contrast(
+            [rec, rec, result, result],
+            [1, -1, -1, 1],
+            [kr, kl, kr, kl],
+            docs,
+            args.bootstrap,
+        )
+        met = found["drop"]["rec_fixed_skip"]["met"] and d["interval"][0] > 0
+        found[f"rec_fixed_skip falls beyond {other}"] = dict(d, met=met)
+        gaps = []
+        for k in range(kl + 1):
+            g = scoring.paired_bucket_contrast(
+                [rec, result], [-1, 1], k, docs, args.bootstrap
+            )
+            gaps.append(dict(g, start=scoring.bucket_bounds(k)[0]))
+        found[f"{other} - rec_fixed_skip by position"] = gaps
+        notes.append(
+            f"{head}: rec_fixed_skip falls {d['difference']:+.4f} "
+            f"[{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}] more than {other} past "
+            "the receptive field: "
+            + ("keeps falling where the other flattens (met)" if met else "NOT met")
+        )
+        notes.append(
+            f"{head}: {other} - rec_fixed_skip by position: "
+            + ", ".join(
+                f"{g['start']}: {g['difference']:+.3f} [{g['interval'][0]:+.3f}, "
+                f"{g['interval'][1]:+.3f}]"
+                for g in gaps
+            )
+        )
+    return found, notes
+
+
 def target_notes(results, corpus, args):
     """The issue's targets on `corpus`, read off the evaluations: returns
     (payload, notes)."""
@@ -291,6 +382,9 @@ def target_notes(results, corpus, args):
                 + ", ".join(f"{g['start']}: {g['gap']:+.3f}" for g in gaps)
             )
     if carried:
+        found["same_documents"], same_notes = same_document_notes(carried, corpus, args)
+        notes.extend(same_notes)
+    if carried:
         order = sorted(carried, key=lambda p: carried[p]["bits_per_token"])
         paper = PAPER_GITHUB if corpus == "code" else PAPER_PG19
         paper_order = sorted((p for p in order if p in paper), key=paper.get)
@@ -330,21 +424,36 @@ def build_quick_corpus(data_dir):
     return name
 
 
-def plot(results, corpora, args):
-    fig, axes = common.new_figure(ncols=len(corpora), width=5.5)
+def plot(results, corpora, args, targets=None):
+    """Per corpus: the by-position curves over all documents (carried and reset),
+    and, when computed, the carried curves over the same documents."""
+    targets = targets or {}
+    panels = []
+    for corpus in corpora:
+        panels.append((corpus, None))
+        same = (targets.get(corpus) or {}).get("same_documents")
+        if same:
+            panels.append((corpus, same))
+    fig, axes = common.new_figure(ncols=len(panels), width=5.5)
     axes = np.atleast_1d(axes)
-    for ax, corpus in zip(axes, corpora):
-        for j, preset in enumerate(args.presets.split(",")):
+    presets = args.presets.split(",")
+    for ax, (corpus, same) in zip(axes, panels):
+        for j, preset in enumerate(presets):
             r = results.get((corpus, preset), {})
-            for reset, ls in (("never", "-"), ("every_segment", ":")):
-                curve = (r.get(reset) or {}).get("by_position")
-                if not curve:
+            if same:
+                curves = [("never", "-", same["curves"].get(preset))]
+            else:
+                curves = [
+                    (reset, ls, (r.get(reset) or {}).get("by_position"))
+                    for reset, ls in (("never", "-"), ("every_segment", ":"))
+                ]
+            for reset, ls, curve in curves:
+                pts = [b for b in curve or () if b["bits_per_token"] is not None]
+                if not pts:
                     continue
-                xs = [b.get("start", 0) + 1 for b in curve]
-                ys = [b["bits_per_token"] for b in curve]
                 ax.plot(
-                    xs,
-                    ys,
+                    [b["start"] + 1 for b in pts],
+                    [b["bits_per_token"] for b in pts],
                     ls,
                     marker="o",
                     ms=3,
@@ -357,7 +466,11 @@ def plot(results, corpora, args):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("position in document (bucket start + 1)")
         ax.set_ylabel("bits/token")
-        ax.set_title(corpus)
+        ax.set_title(
+            f"{corpus}: the same {same['documents']} documents (>= {same['reach']} tokens)"
+            if same
+            else f"{corpus}: all documents"
+        )
         ax.legend(fontsize=7)
     return common.save_figure(fig, "memory_value", args.out_dir)
 
@@ -380,6 +493,12 @@ def parser():
     p.add_argument("--eval-tokens", type=int, default=1_000_000)
     p.add_argument("--eval-batch", type=int, default=4)
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument(
+        "--min-documents",
+        type=int,
+        default=8,
+        help="documents the same-documents by-position curves keep at least",
+    )
     p.add_argument("--backend", default=None, help="tensorflow (default) or jax")
     p.add_argument(
         "--train-only", action="store_true", help="train, do not evaluate yet"
@@ -396,6 +515,7 @@ def main(argv=None):
         args.eval_tokens = 2 * 2 * 32
         args.eval_batch = 2
         args.bootstrap = 50
+        args.min_documents = 1
         args.checkpoint_every = 10
         args.warmup_steps = 2
         args.runs_dir = os.path.join(args.out_dir or "/tmp", "memory_value_quick")
@@ -510,7 +630,7 @@ def main(argv=None):
     for corpus in corpora:
         targets[corpus], corpus_notes = target_notes(results, corpus, args)
         notes.extend(corpus_notes)
-    png = plot(results, list(corpora), args)
+    png = plot(results, list(corpora), args, targets)
     common.report(
         "memory_value",
         "What the recurrent state is worth (bits/token, carried vs reset)",

@@ -29,6 +29,7 @@ ARGS = argparse.Namespace(
     bootstrap=200,
     eval_tokens=10_000,
     receptive_field=256,
+    min_documents=8,
 )
 
 
@@ -87,3 +88,49 @@ def test_targets_met_and_missed_are_told_apart():
     assert any("NOT better" in n for n in notes) and any(
         "(differs)" in n for n in notes
     )
+
+
+def _eval_buckets(levels):
+    """An evaluation whose documents have per-bucket losses `levels[doc]` (bits/token,
+    100 tokens per bucket), as trainers.evaluate writes them with --by_position."""
+    per_doc = {"index": [], "tokens": [], "bytes": [], "nll_bits": []}
+    per_doc |= {"bucket_nll_bits": [], "bucket_tokens": []}
+    for i, row in enumerate(levels):
+        per_doc["index"].append(i)
+        per_doc["bucket_tokens"].append([100] * len(row))
+        per_doc["bucket_nll_bits"].append([100 * b for b in row])
+        per_doc["tokens"].append(100 * len(row))
+        per_doc["bytes"].append(100 * len(row))
+        per_doc["nll_bits"].append(100 * sum(row))
+    total = sum(per_doc["nll_bits"]) / sum(per_doc["tokens"])
+    return {"bits_per_token": total, "per_document": per_doc, "by_position": []}
+
+
+def test_same_documents_targets():
+    # 12 short easy documents (bucket 0 only) and 10 long hard ones (buckets 0-3):
+    # the plain curves rise with position, but on the long documents rec_fixed_skip
+    # keeps falling past the receptive field (bucket 1) and slide_12 stays flat.
+    noise = [0.01 * (i % 3) for i in range(10)]
+    short = [[1.0]] * 12
+    rec = _eval_buckets(short + [[3.0 + n, 2.8 + n, 2.6 + n, 2.4 + n] for n in noise])
+    slide = _eval_buckets(short + [[3.0 + n, 2.8 + n, 2.8 + n, 2.8 + n] for n in noise])
+    args = argparse.Namespace(**vars(ARGS))
+    carried = {"rec_fixed_skip": rec, "slide_12": slide}
+    found, notes = memory_value.same_document_notes(carried, "code", args)
+    assert found["documents"] == 10 and found["reach"] == 1024
+    assert found["drop"]["rec_fixed_skip"]["met"]
+    assert not found["drop"]["slide_12"]["met"]
+    beyond = found["rec_fixed_skip falls beyond slide_12"]
+    assert beyond["met"] and abs(beyond["difference"] - 0.4) < 1e-9
+    gaps = found["slide_12 - rec_fixed_skip by position"]
+    assert [g["start"] for g in gaps] == [0, 256, 512, 1024]
+    assert abs(gaps[3]["difference"] - 0.4) < 1e-9 and gaps[0]["difference"] == 0
+    assert any("(met)" in n for n in notes)
+    # Both flat: missed. Too few long documents: said so, nothing computed.
+    found, notes = memory_value.same_document_notes(
+        {"rec_fixed_skip": slide, "slide_12": slide}, "code", args
+    )
+    assert not found["rec_fixed_skip falls beyond slide_12"]["met"]
+    args.min_documents = 11
+    found, notes = memory_value.same_document_notes(carried, "code", args)
+    assert found is None and "fewer than 11 documents" in notes[0]

@@ -66,6 +66,59 @@ def test_bootstrap_intervals():
     assert 0.1 - 1e-9 <= diff["interval"][0] <= diff["interval"][1] <= 0.1 + 1e-9
 
 
+def test_per_document_buckets_and_same_documents_curves():
+    """Per-document bucket sums add up, and a curve over one fixed set of documents is
+    free of the long-document bias that makes the plain curve rise."""
+    L = 256
+    runs = []
+    for fall in (0.0, 0.5):  # loss per token falls by `fall` after position 256
+        scores = scoring.Scores(3)
+        # Document 0: 256 tokens, easy (1 nat); documents 1 and 2: 1024 tokens, hard (3 nats).
+        for doc, length, level in ((0, 256, 1.0), (1, 1024, 3.0), (2, 1024, 3.0)):
+            for start in range(0, length, L):
+                nll = np.full((1, L), level - (fall if start >= 256 else 0.0))
+                weights = np.ones((1, L))
+                weights[0, -1] = 0  # a segment's last input has no target
+                scores.add([doc], [start], nll, weights, [L])
+        result = {
+            "per_document": scores.per_document(),
+            "by_position": scores.by_position(),
+        }
+        runs.append(result)
+        per_doc = result["per_document"]
+        assert per_doc["index"] == [0, 1, 2]
+        assert [len(t) for t in per_doc["bucket_tokens"]] == [1, 3, 3]
+        assert [sum(t) for t in per_doc["bucket_tokens"]] == per_doc["tokens"]
+        np.testing.assert_allclose(
+            [sum(b) for b in per_doc["bucket_nll_bits"]], per_doc["nll_bits"], atol=1e-3
+        )
+    flat, falling = runs
+    # The plain curve rises from bucket 0 to 1 (only the hard documents reach 256).
+    plain = [b["bits_per_token"] for b in flat["by_position"]]
+    assert plain[1] > plain[0]
+    same = scoring.same_documents_by_position([flat, falling], reach=512)
+    assert same["documents"] == [1, 2]
+    curves = [[b["bits_per_token"] for b in c] for c in same["curves"]]
+    np.testing.assert_allclose(curves[0], [3 / np.log(2)] * 3)
+    np.testing.assert_allclose(curves[1], [3 / np.log(2)] + [2.5 / np.log(2)] * 2)
+    assert scoring.same_documents_by_position([flat], reach=2048) is None
+    assert (
+        scoring.same_documents_by_position([flat], reach=512, min_documents=3) is None
+    )
+    # How much more `falling` drops than `flat` from bucket 0 to bucket 2, per document.
+    d = scoring.paired_bucket_contrast(
+        [falling, falling, flat, flat], [1, -1, -1, 1], [0, 2, 0, 2], [1, 2], samples=50
+    )
+    assert np.isclose(d["difference"], 0.5 / np.log(2)) and d["documents"] == 2
+    old = {
+        "per_document": {
+            k: v for k, v in flat["per_document"].items() if "bucket" not in k
+        }
+    }
+    with pytest.raises(ValueError, match="--by_position"):
+        scoring.same_documents_by_position([old], reach=512)
+
+
 @pytest.mark.model
 def test_never_equals_one_forward_pass():
     lm = tiny_lm("rec_fixed_skip")

@@ -9,7 +9,9 @@ Prints and writes ``<model_dir>/eval_<split>.json`` with nats/bits per token,
 bits per byte (UTF-8 bytes of the text the scored tokens cover),
 word-level perplexity (exp of the total NLL over the whitespace-separated
 words of the documents), per-document totals (``per_document``, by index in
-the split, to pair runs) and 95 % bootstrap intervals over documents.
+the split, to pair runs; with each document's bits and tokens per position
+bucket, for curves over one fixed set of documents) and 95 % bootstrap
+intervals over documents.
 
     --reset_state=every_segment   the memory ablation: every layer's cache and the
                                   recurrent state reset at each segment start

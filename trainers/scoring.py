@@ -104,6 +104,9 @@ class Scores:
         self.doc_seen = np.zeros(num_documents, bool)
         self.bucket_nll = np.zeros(64)
         self.bucket_tokens = np.zeros(64, np.int64)
+        # doc index -> [nll per bucket, tokens per bucket]: curves over a fixed set of
+        # documents (`same_documents_by_position`), free of the long-document bias.
+        self.doc_buckets = {}
         self.max_position = 0
         self.segments = 0
         self.complete = True
@@ -144,6 +147,11 @@ class Scores:
                 self.max_position = max(self.max_position, int(target_pos[-1]))
                 np.add.at(self.bucket_nll, position_bucket(target_pos), values)
                 np.add.at(self.bucket_tokens, position_bucket(target_pos), 1)
+                per_doc = self.doc_buckets.setdefault(
+                    doc, (np.zeros(64), np.zeros(64, np.int64))
+                )
+                np.add.at(per_doc[0], position_bucket(target_pos), values)
+                np.add.at(per_doc[1], position_bucket(target_pos), 1)
             if self.tokens is not None:
                 self.tokens.setdefault(doc, []).append((target_pos, values))
 
@@ -175,8 +183,17 @@ class Scores:
         return out
 
     def per_document(self):
-        """Totals of every document scored, by index in the split (pairs runs)."""
+        """Totals of every document scored, by index in the split (pairs runs), and
+        each document's bits and tokens per position bucket (up to its last one)."""
         idx = np.nonzero(self.doc_seen)[0]
+        bucket_bits, bucket_tokens = [], []
+        for i in idx.tolist():
+            nll, tokens = self.doc_buckets.get(i, (np.zeros(1), np.zeros(1, np.int64)))
+            last = int(np.nonzero(tokens)[0][-1]) + 1 if tokens.any() else 0
+            bucket_bits.append(
+                [round(v, 4) for v in (nll[:last] / math.log(2)).tolist()]
+            )
+            bucket_tokens.append(tokens[:last].tolist())
         return {
             "index": idx.tolist(),
             "tokens": self.doc_tokens[idx].tolist(),
@@ -184,6 +201,8 @@ class Scores:
             "nll_bits": [
                 round(v, 4) for v in (self.doc_nll[idx] / math.log(2)).tolist()
             ],
+            "bucket_nll_bits": bucket_bits,
+            "bucket_tokens": bucket_tokens,
         }
 
 
@@ -239,6 +258,98 @@ def paired_contrast(results, weights, key="bits_per_token", samples=1000, seed=0
     ratios = (counts @ num.T) / (counts @ den.T)  # [samples, evaluations]
     interval = _percentiles(ratios @ w, 0.95)
     return {"difference": value, "interval": interval, "documents": len(common)}
+
+
+def _bucket_column(per_document, k, docs):
+    """Per-document bits and tokens of bucket ``k`` for the documents ``docs``."""
+    pos = {i: j for j, i in enumerate(per_document["index"])}
+    bits, tokens = [], []
+    for i in docs:
+        row_bits = per_document["bucket_nll_bits"][pos[i]]
+        row_tokens = per_document["bucket_tokens"][pos[i]]
+        bits.append(row_bits[k] if k < len(row_bits) else 0.0)
+        tokens.append(row_tokens[k] if k < len(row_tokens) else 0)
+    return bits, tokens
+
+
+def same_documents_by_position(results, reach, min_documents=1):
+    """By-position curves of several evaluations over one fixed set of documents.
+
+    A plain ``by_position`` curve mixes documents: its later buckets hold only the
+    longest ones, which may simply be harder, so a curve can rise although every
+    model gains from its context. Here every bucket averages the same documents:
+    those every evaluation scored up to position ``reach`` (the bucket holding it
+    has tokens; buckets past it are left out).
+
+    Args:
+        results: evaluation JSON dicts written with ``--by_position`` (per-document
+            buckets are in ``per_document``).
+        reach: a position; the documents kept reach its bucket.
+        min_documents: fewer such documents than this gives None.
+
+    Returns:
+        ``{"documents": [...], "reach": reach, "curves": [by_position list per
+        result]}`` or None.
+    """
+    k_max = int(position_bucket([reach])[0])
+    per_doc = [r["per_document"] for r in results]
+    if any("bucket_tokens" not in d for d in per_doc):
+        raise ValueError(
+            "an evaluation has no per-document position buckets; re-run trainers.evaluate "
+            "with --by_position (evaluations written before 2026-12-03 lack them)"
+        )
+    keep = None
+    for d in per_doc:
+        reached = {
+            i
+            for i, t in zip(d["index"], d["bucket_tokens"])
+            if len(t) > k_max and t[k_max]
+        }
+        keep = reached if keep is None else keep & reached
+    docs = sorted(keep)
+    if len(docs) < max(1, min_documents):
+        return None
+    curves = []
+    for d in per_doc:
+        curve = []
+        for k in range(k_max + 1):
+            bits, tokens = _bucket_column(d, k, docs)
+            start, end = bucket_bounds(k)
+            n = int(sum(tokens))
+            curve.append(
+                {
+                    "start": start,
+                    "end": end,
+                    "tokens": n,
+                    "bits_per_token": sum(bits) / n if n else None,
+                }
+            )
+        curves.append(curve)
+    return {"documents": docs, "reach": reach, "curves": curves}
+
+
+def paired_bucket_contrast(results, weights, buckets, documents, samples=1000, seed=0):
+    """`paired_contrast` over position buckets of ``documents``: term ``i`` is bucket
+    ``buckets[i]`` (or one bucket for all) of ``results[i]``. E.g. weights ``[-1, 1]``
+    with one bucket: the gap between two models at that position; with buckets
+    ``[k1, k2]`` of the same result twice: how much one model's loss falls from one
+    position to another, over the same documents. Bootstrap over documents."""
+    if isinstance(buckets, int):
+        buckets = [buckets] * len(results)
+    views = []
+    for r, k in zip(results, buckets):
+        bits, tokens = _bucket_column(r["per_document"], k, documents)
+        views.append(
+            {
+                "per_document": {
+                    "index": list(documents),
+                    "nll_bits": bits,
+                    "tokens": tokens,
+                    "bytes": tokens,
+                }
+            }
+        )
+    return paired_contrast(views, weights, samples=samples, seed=seed)
 
 
 def plot_by_position(curves, path, title=None, receptive_field=None):
