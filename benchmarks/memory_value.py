@@ -232,9 +232,14 @@ def same_document_notes(carried, corpus, args):
     except ValueError as e:
         return None, [f"{corpus}: same-documents curves not computed: {e}"]
     if not same:
+        few = (
+            f"fewer than {args.min_documents} documents reach"
+            if args.min_documents > 1
+            else "no document reaches"
+        )
         return None, [
-            f"{corpus}: fewer than {args.min_documents} documents reach past the "
-            f"receptive field ({args.receptive_field}); no same-documents curves"
+            f"{corpus}: {few} the bucket after the receptive field's "
+            f"({args.receptive_field}); no same-documents curves (--min-documents)"
         ]
     docs, notes = same["documents"], []
     kr = int(scoring.position_bucket([args.receptive_field])[0])
