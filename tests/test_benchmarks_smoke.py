@@ -59,3 +59,29 @@ def test_train_step_learns_and_leaves_usable_variables():
     # The weights the step wrote are the model's: a plain call reads them.
     logits, _ = lm.call_with_state(ids, lm.get_initial_state(2), start_of_sequence=sos)
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(logits)))
+
+
+def test_step_memory_breakdown():
+    from benchmarks import step_memory
+
+    r = step_memory.measure("rec_fixed_skip", "tiny", 32, 0.0, True, {})
+    peaks = list(r["peak_gib"].values())
+    assert list(r["peak_gib"]) == ["import", "build", "step 1 (compile)", "step 2"]
+    assert peaks == sorted(peaks) and r["tokens_per_step"] == 32
+
+    def run(layers, vocab, build, step):
+        return {
+            "layers": layers,
+            "vocabulary_size": vocab,
+            "peak_gib": {"build": build, "step 2": step},
+        }
+
+    # 12 layers at 0.25 each, 0.8 for the output layer, 1.0 fixed, 1.2 to build.
+    parts = step_memory.breakdown(
+        run(12, 32128, 1.2, 1.2 + 0.8 + 3.0 + 1.0),
+        run(12, 260, 1.1, 1.1 + 3.0 + 1.0),
+        run(4, 260, 1.0, 1.0 + 1.0 + 1.0),
+    )
+    assert np.isclose(parts["per layer"], 0.25)
+    assert np.isclose(parts["output layer, logits and their gradients"], 0.9)
+    assert np.isclose(parts["fixed cost of the step"], 6.0 - 1.2 - 0.9 - 3.0)

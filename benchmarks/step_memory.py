@@ -1,0 +1,156 @@
+"""Where a training step's resident memory goes (issue 12: `rec_fixed_skip` <= 4 GiB).
+
+The step_time table gives one peak per preset; this splits it. Each run is a
+fresh process (`common.run_isolated`) that records its peak resident memory
+after importing Keras, after building the model, after the first step (XLA
+compile and step) and after a second step. Three runs tell the parts apart:
+
+- the preset as given;
+- the same with a byte vocabulary (260): the difference is the output layer,
+  logits, log-softmax and their gradients;
+- the byte vocabulary with fewer layers: the slope per layer is one layer's
+  saved activations; what is left is the step's fixed cost (XLA's compile,
+  the embedding, the optimizer's update, buffers the compiler keeps).
+
+    python -m benchmarks.step_memory                  # small_37m, 4096 tokens, remat
+    python -m benchmarks.step_memory --no-remat --dropout 0.05
+    python -m benchmarks.step_memory --quick          # tiny, seconds
+"""
+
+import argparse
+import json
+import resource
+
+import numpy as np
+
+from benchmarks import common
+
+BYTE_VOCABULARY = 260
+
+
+def _peak_gib():
+    # ru_maxrss is in KiB on Linux: the process's peak so far.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def measure(preset, size, tokens, dropout, remat, overrides, seed=0):
+    """Peak RSS (GiB) at each stage of one process: import, build, step 1, step 2."""
+    peaks = {"import": _peak_gib()}
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    lm = common.build_lm(
+        preset, size, dropout=dropout, remat=remat, **(overrides or {})
+    )
+    peaks["build"] = _peak_gib()
+    segment = lm.segment_length
+    batch = max(1, tokens // segment)
+    step = common.TrainStep(lm)
+    vocab = lm.backbone.vocabulary_size
+    rng = np.random.default_rng(seed)
+    state = lm.get_initial_state(batch)
+    for i, stage in enumerate(("step 1 (compile)", "step 2")):
+        ids = common.random_ids(rng, batch, segment + 1, vocab)
+        sos = np.full((batch,), i == 0)
+        _, state = common.block_until_ready(step(ids[:, :-1], ids[:, 1:], state, sos))
+        peaks[stage] = _peak_gib()
+    return {
+        "preset": preset,
+        "size": size,
+        "tokens_per_step": batch * segment,
+        "layers": lm.backbone.num_layers,
+        "vocabulary_size": vocab,
+        "dropout": lm.backbone.dropout,
+        "remat": bool(remat),
+        "peak_gib": peaks,
+    }
+
+
+def breakdown(full, byte, few):
+    """The parts of `full`'s step peak, from the three runs (GiB)."""
+    layers, few_layers = full["layers"], few["layers"]
+    step = "step 2"
+    per_layer = (
+        (byte["peak_gib"][step] - byte["peak_gib"]["build"])
+        - (few["peak_gib"][step] - few["peak_gib"]["build"])
+    ) / max(layers - few_layers, 1)
+    output = full["peak_gib"][step] - byte["peak_gib"][step]
+    model = full["peak_gib"]["build"]
+    fixed = full["peak_gib"][step] - model - output - layers * per_layer
+    return {
+        "peak": full["peak_gib"][step],
+        "after import and build": model,
+        "output layer, logits and their gradients": output,
+        "per layer": per_layer,
+        f"all {layers} layers": layers * per_layer,
+        "fixed cost of the step": fixed,
+    }
+
+
+def parser():
+    p = common.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--preset", default="rec_fixed_skip")
+    p.add_argument("--size", default="small_37m")
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--no-remat", action="store_true", help="plain attention core")
+    p.add_argument("--few-layers", type=int, default=4)
+    p.add_argument("--_single", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_single-out", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    if args._single:
+        with open(args._single_out, "w") as f:
+            json.dump(measure(*json.loads(args._single)), f)
+        return
+    if args.quick:
+        args.size, args.tokens, args.few_layers = "tiny", 64, 1
+    remat = not args.no_remat
+    runs = {}
+    plan = (
+        ("as given", {}),
+        ("byte vocabulary", {"vocabulary_size": BYTE_VOCABULARY}),
+        (
+            f"byte vocabulary, {args.few_layers} layers",
+            {"vocabulary_size": BYTE_VOCABULARY, "num_layers": args.few_layers},
+        ),
+    )
+    for label, overrides in plan:
+        common.log(f"[step_memory] {args.preset} {args.size}: {label}")
+        spec = [args.preset, args.size, args.tokens, args.dropout, remat, overrides]
+        result, error = common.run_isolated("benchmarks.step_memory", spec)
+        if error:
+            raise SystemExit(f"{label}: {error}")
+        runs[label] = result
+    full, byte, few = (runs[label] for label, _ in plan)
+    parts = breakdown(full, byte, few)
+    rows = [
+        [
+            label,
+            r["layers"],
+            r["vocabulary_size"],
+            *(round(r["peak_gib"][s], 3) for s in r["peak_gib"]),
+        ]
+        for label, r in runs.items()
+    ]
+    notes = [
+        f"{args.preset} {args.size}, {full['tokens_per_step']} tokens/step, dropout "
+        f"{args.dropout}, remat {remat}: "
+        + "; ".join(f"{k} {v:.2f} GiB" for k, v in parts.items())
+    ]
+    common.report(
+        "step_memory",
+        "Where a training step's resident memory goes (peak RSS, GiB)",
+        ["run", "layers", "vocabulary", "import", "build", "step 1", "step 2"],
+        rows,
+        {"config": vars(args), "runs": runs, "breakdown": parts},
+        args.out_dir,
+        notes,
+    )
+
+
+if __name__ == "__main__":
+    main()
