@@ -12,8 +12,9 @@ compile and step) and after a second step. Three runs tell the parts apart:
   saved activations; what is left is the step's fixed cost (XLA's compile,
   the embedding, the optimizer's update, buffers the compiler keeps).
 
-    python -m benchmarks.step_memory                  # small_37m, 4096 tokens, remat
-    python -m benchmarks.step_memory --no-remat --dropout 0.05
+    python -m benchmarks.step_memory                  # small_37m, 4096 tokens, remat=True
+    python -m benchmarks.step_memory --remat layer    # every sliding layer recomputed
+    python -m benchmarks.step_memory --remat none --dropout 0.05
     python -m benchmarks.step_memory --quick          # tiny, seconds
 """
 
@@ -61,7 +62,7 @@ def measure(preset, size, tokens, dropout, remat, overrides, seed=0):
         "layers": lm.backbone.num_layers,
         "vocabulary_size": vocab,
         "dropout": lm.backbone.dropout,
-        "remat": bool(remat),
+        "remat": remat,
         "peak_gib": peaks,
     }
 
@@ -93,7 +94,12 @@ def parser():
     p.add_argument("--size", default="small_37m")
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--no-remat", action="store_true", help="plain attention core")
+    p.add_argument(
+        "--remat",
+        default="attention",
+        choices=["none", "attention", "layer"],
+        help="the model's remat setting (none: False, attention: True)",
+    )
     p.add_argument("--few-layers", type=int, default=4)
     p.add_argument("--_single", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_single-out", default=None, help=argparse.SUPPRESS)
@@ -108,7 +114,7 @@ def main(argv=None):
         return
     if args.quick:
         args.size, args.tokens, args.few_layers = "tiny", 64, 1
-    remat = not args.no_remat
+    remat = {"none": False, "attention": True, "layer": "layer"}[args.remat]
     runs = {}
     plan = (
         ("as given", {}),

@@ -42,7 +42,8 @@ def measure(variant, size, window, tokens, steps, seed=0, dropout=None, remat=Fa
     keras.utils.set_random_seed(seed)
     overrides = {} if dropout is None else {"dropout": dropout}
     if remat:
-        overrides["remat"] = True
+        # True (a bool from older callers) and "attention" are the same setting.
+        overrides["remat"] = True if remat in (True, "attention") else remat
     lm = common.build_lm(variant, size, window=window, **overrides)
     segment = lm.segment_length
     batch = max(1, tokens // segment)
@@ -83,7 +84,7 @@ def measure(variant, size, window, tokens, steps, seed=0, dropout=None, remat=Fa
         "model_tflops_per_step": flops_lib.train_flops(b, batch * segment) / 1e12,
         "loss": float(np.asarray(loss)),
         "dropout": lm.backbone.dropout,
-        "remat": bool(remat),
+        "remat": remat or False,
         # ru_maxrss is in KiB on Linux: the whole process, compile included.
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_accelerator_gib": peak_accelerator_gib(),
@@ -212,9 +213,13 @@ def main(argv=None):
     )
     parser.add_argument(
         "--remat",
-        action="store_true",
-        help="rematerialise the attention core (remat=True); with it xl_2048 "
-        "also runs with dropout at the issue setting",
+        nargs="?",
+        const="attention",
+        default=None,
+        choices=["attention", "layer"],
+        help="rematerialise the attention cores (`--remat`, remat=True) or every "
+        "sliding-window layer (`--remat layer`); with it xl_2048 also runs with "
+        "dropout at the issue setting",
     )
     parser.add_argument("--_single", default=None, help=argparse_suppress())
     parser.add_argument("--_single-out", default=None, help=argparse_suppress())
@@ -236,9 +241,10 @@ def main(argv=None):
     else:
         if args.setting in ("both", "issue"):
             if d is None and args.remat:
-                plan.append(
-                    ("issue d=0.05 remat", "issue", chosen or list(KEY_PRESETS), None)
+                label = "issue d=0.05 remat" + (
+                    "" if args.remat == "attention" else " layer"
                 )
+                plan.append((label, "issue", chosen or list(KEY_PRESETS), None))
             elif d is None:
                 # With dropout, xl_2048 at 2 x 2048 tokens outgrows 24 GiB
                 # (killed at 18 GB RSS): it runs without dropout only.

@@ -45,8 +45,11 @@ def loss_and_grads(lm, ids, seed_state):
     return float(loss), [np.asarray(g) for g in grads]
 
 
-@pytest.mark.parametrize("variant", ["xl_512", "rec_fixed_skip"])
-def test_remat_matches_plain_outputs_and_gradients(variant):
+@pytest.mark.parametrize(
+    "variant,mode",
+    [("xl_512", True), ("rec_fixed_skip", True), ("rec_fixed_skip", "layer")],
+)
+def test_remat_matches_plain_outputs_and_gradients(variant, mode):
     keras.utils.set_random_seed(0)
     lm = BlockRecurrentCausalLM.from_preset(variant, size="tiny", dropout=0.1)
     attentions = [
@@ -58,8 +61,9 @@ def test_remat_matches_plain_outputs_and_gradients(variant):
     ids = random_ids(2, 2 * lm.segment_length + 1).astype("int32")
     seeds = [np.asarray(v) for v in lm.non_trainable_variables]
     plain_loss, plain_grads = loss_and_grads(lm, ids, seeds)
-    for attention in attentions:
-        attention.remat = True
+    for layer in lm._flatten_layers():
+        if hasattr(layer, "remat"):
+            layer.remat = mode
     remat_loss, remat_grads = loss_and_grads(lm, ids, seeds)
     assert remat_loss == pytest.approx(plain_loss, rel=1e-6)
     for plain, remat in zip(plain_grads, remat_grads):
@@ -76,3 +80,19 @@ def test_remat_is_a_config_option():
     layer = lm.backbone.transformer_layers[0]
     assert layer.self_attention.remat is True
     assert layer.get_config()["remat"] is True
+
+
+def test_layer_remat_is_a_config_option_and_bad_values_are_refused():
+    lm = BlockRecurrentCausalLM.from_preset(
+        "rec_fixed_skip", size="tiny", remat="layer"
+    )
+    layers = lm.backbone.transformer_layers
+    assert lm.backbone.get_config()["remat"] == "layer"
+    assert {type(layer).__name__ for layer in layers} == {
+        "SlidingWindowLayer",
+        "BlockRecurrentLayer",
+    }
+    assert all(layer.get_config()["remat"] == "layer" for layer in layers)
+    for bad in ("true", 1, "block"):
+        with pytest.raises(ValueError, match="remat=.*choose False, True"):
+            BlockRecurrentCausalLM.from_preset("xl_512", size="tiny", remat=bad)

@@ -26,6 +26,22 @@ def sliding_window_mask(block_size):
     return (rel >= -block_size) & (rel <= -1)
 
 
+REMAT_MODES = (False, True, "attention", "layer")
+
+
+def check_remat(remat):
+    """Validates a `remat` setting: False (the reference: keep every activation),
+    True or `"attention"` (recompute each attention core in the backward pass),
+    `"layer"` (recompute each sliding-window layer whole from its input; a
+    recurrent layer's attention cores as with `"attention"`)."""
+    if isinstance(remat, bool) or remat in ("attention", "layer"):
+        return remat
+    raise ValueError(
+        f"remat={remat!r}: choose False, True (= 'attention') or 'layer' "
+        "(a string 'true' is not True: write remat=True)."
+    )
+
+
 @keras.saving.register_keras_serializable(package="brt_keras")
 class SlidingWindowAttention(keras.layers.Layer):
     """Each token attends to exactly the `block_size` tokens before it.
@@ -49,17 +65,21 @@ class SlidingWindowAttention(keras.layers.Layer):
         temperature_lr_multiplier: float, the variable is stored divided by
             it, so Adam-like updates move the temperature this much faster
             (reference: 1.0). See `attention_ops.add_temperature`.
-        remat: bool, rematerialise the attention core in training: the
+        remat: False, True, `"attention"` (= True) or `"layer"` (see
+            `check_remat`): rematerialise the attention core in training: the
             backward pass recomputes the `[H, W, 2W]` logits, probabilities
             and dropout mask from the queries/keys/values instead of keeping
             them (`keras.remat`: `tf.recompute_grad` / `jax.checkpoint`).
             Same outputs and gradients; one more forward pass of the core,
             much less memory at large W (`xl_2048`). Default False (the
-            reference keeps them).
+            reference keeps them). A caller that rematerialises a whole layer
+            passes `seed` instead, and the core is then computed plainly.
 
     Call arguments:
         queries, keys, values: `[B, N*W, H, Dh]` (queries/keys normalised).
         previous_keys, previous_values: `[B, W, H, Dh]`.
+        seed: optional `[2]` int tensor for the dropout mask, drawn by a
+            caller that rematerialises the whole layer (no nested remat).
 
     Returns:
         `[B, N*W, H, Dh]`.
@@ -86,7 +106,7 @@ class SlidingWindowAttention(keras.layers.Layer):
         self.temperature_init = temperature_init
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
-        self.remat = remat
+        self.remat = check_remat(remat)
         self.relative_bias = T5RelativePositionBias(
             num_heads, dtype=self.dtype_policy, name="relative_positions"
         )
@@ -119,12 +139,19 @@ class SlidingWindowAttention(keras.layers.Layer):
         return bias, ops.convert_to_tensor(sliding_window_mask(w))
 
     def call(
-        self, queries, keys, values, previous_keys, previous_values, training=None
+        self,
+        queries,
+        keys,
+        values,
+        previous_keys,
+        previous_values,
+        training=None,
+        seed=None,
     ):
         args = (queries, keys, values, previous_keys, previous_values)
         dropout = bool(training) and self.attention_dropout > 0
-        if not (self.remat and training):
-            return self._core(*args, seed=None, dropout=dropout)
+        if seed is not None or not (self.remat and training):
+            return self._core(*args, seed=seed, dropout=dropout)
         # The dropout seed is drawn here, outside the recomputed function, so
         # the backward pass recomputes the very same mask.
         seed = self.dropout.seed_generator.next() if dropout else ops.zeros((2,))

@@ -10,6 +10,7 @@ from brt_keras.layers.attention_ops import merge_heads
 from brt_keras.layers.attention_ops import temperature_value
 from brt_keras.layers.rms_norm import RMSNorm
 from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
+from brt_keras.layers.sliding_window_attention import check_remat
 from brt_keras.layers.tiled_dropout import TiledDropout
 
 
@@ -83,7 +84,7 @@ class SlidingWindowLayer(keras.layers.Layer):
         self.temperature_init = temperature_init
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
-        self.remat = remat
+        self.remat = check_remat(remat)
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -162,10 +163,10 @@ class SlidingWindowLayer(keras.layers.Layer):
         shape = ops.shape(x)
         return ops.reshape(x, tuple(shape[:-1]) + (self.num_heads, self.head_dim))
 
-    def project(self, x, training=None):
+    def project(self, x, training=None, seed=None):
         """Returns normalised queries, keys, values (and queries2 or None),
-        each `[B, T, H, Dh]`."""
-        u = self.pre_attn_dropout(self.pre_attn_norm(x), training=training)
+        each `[B, T, H, Dh]`. `seed`: the input dropout's, if drawn already."""
+        u = self.pre_attn_dropout(self.pre_attn_norm(x), training=training, seed=seed)
         q = l2_normalize(self._heads(self.query_dense(u)))
         k = l2_normalize(self._heads(self.key_dense(u)))
         v = self._heads(self.value_dense(u))
@@ -188,14 +189,15 @@ class SlidingWindowLayer(keras.layers.Layer):
             ),
         )
 
-    def finish(self, x, self_out, cross_out=None, training=None):
-        """Head concat, output projection, residual, FFN, residual."""
+    def finish(self, x, self_out, cross_out=None, training=None, seed=None):
+        """Head concat, output projection, residual, FFN, residual. `seed`: the
+        FFN dropout's, if drawn already."""
         heads = merge_heads(self_out)
         if cross_out is not None:
             heads = ops.concatenate([heads, merge_heads(cross_out)], axis=-1)
         h = x + self.output_dense(heads)
         z = self.ffn_output(self.ffn_hidden(self.ffn_norm(h)))
-        return h + self.ffn_dropout(z, training=training)
+        return h + self.ffn_dropout(z, training=training, seed=seed)
 
     # --- public API ---------------------------------------------------------
 
@@ -238,7 +240,32 @@ class SlidingWindowLayer(keras.layers.Layer):
         x = ops.cast(x, self.compute_dtype)
         prev_k = reset_where(start_of_sequence, 0.0, state["keys"])
         prev_v = reset_where(start_of_sequence, 0.0, state["values"])
-        q, k, v, q2 = self.project(x, training=training)
+        kv = list(state_kv) if state_kv is not None else []
+        if self.remat == "layer" and training:
+            # Every dropout's seed is drawn here, outside the recomputed
+            # function, so the backward pass recomputes the very same masks.
+            def draw(d):
+                g = d.seed_generator
+                return g.next() if d.rate > 0 else ops.zeros((2,), g.state.dtype)
+
+            dropouts = (self.pre_attn_dropout, self.self_attention.dropout)
+            seeds = ops.stack([draw(d) for d in dropouts + (self.ffn_dropout,)])
+
+            def layer(x, prev_k, prev_v, seeds, *kv):
+                return self._segment(x, prev_k, prev_v, kv, True, seeds)
+
+            y, k_last, v_last = keras.remat(layer)(x, prev_k, prev_v, seeds, *kv)
+        else:
+            y, k_last, v_last = self._segment(x, prev_k, prev_v, kv, training)
+        new_state = {
+            "keys": ops.cast(k_last, "float32"),
+            "values": ops.cast(v_last, "float32"),
+        }
+        return y, new_state
+
+    def _segment(self, x, prev_k, prev_v, state_kv, training, seeds=(None,) * 3):
+        """The layer on one segment: `(y, last block's keys, values)`."""
+        q, k, v, q2 = self.project(x, training=training, seed=seeds[0])
         self_out = self.self_attention(
             q,
             k,
@@ -246,15 +273,12 @@ class SlidingWindowLayer(keras.layers.Layer):
             ops.cast(prev_k, k.dtype),
             ops.cast(prev_v, v.dtype),
             training=training,
+            seed=seeds[1],
         )
-        cross_out = self.cross_attend(q2, state_kv) if state_kv is not None else None
-        y = self.finish(x, self_out, cross_out, training=training)
+        cross_out = self.cross_attend(q2, state_kv) if state_kv else None
+        y = self.finish(x, self_out, cross_out, training=training, seed=seeds[2])
         w = self.block_size
-        new_state = {
-            "keys": ops.cast(k[:, -w:], "float32"),
-            "values": ops.cast(v[:, -w:], "float32"),
-        }
-        return y, new_state
+        return y, k[:, -w:], v[:, -w:]
 
     def call(self, x, training=None):
         batch = ops.shape(x)[0]

@@ -41,16 +41,20 @@ class TiledDropout(NotQuantized, keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True
 
-    def call(self, x, training=None):
+    def call(self, x, training=None, seed=None):
+        """`seed`: optional `[2]` int tensor used instead of the next seed of
+        the layer's generator (a rematerialised caller draws it once, so the
+        recomputation draws the same mask)."""
         if not training or self.rate == 0:
             return x
         length, d = x.shape[-2], x.shape[-1]
+        seed = self.seed_generator.next() if seed is None else seed
         if length is None:
             shape = (1, ops.shape(x)[-2], d)
-            keep = hash_uniform(shape, self.seed_generator.next()) >= self.rate
+            keep = hash_uniform(shape, seed) >= self.rate
         else:
             tile = min(self.tile_length, length)
-            keep = hash_uniform((1, tile, d), self.seed_generator.next())
+            keep = hash_uniform((1, tile, d), seed)
             keep = ops.tile(keep >= self.rate, (1, -(-length // tile), 1))[:, :length]
         scale = ops.cast(keep, x.dtype) / ops.cast(1.0 - self.rate, x.dtype)
         return x * ops.reshape(scale, (1,) * (len(x.shape) - 2) + (-1, d))

@@ -7,6 +7,7 @@ from keras import ops
 
 from brt_keras.layers.block_recurrent_layer import BlockRecurrentLayer
 from brt_keras.layers.rms_norm import RMSNorm
+from brt_keras.layers.sliding_window_attention import check_remat
 from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
 from brt_keras.layers.sliding_window_layer import reset_where
 from brt_keras.layers.tiled_dropout import TiledDropout
@@ -60,9 +61,12 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
             temperature_lr_multiplier: every attention temperature's initial
             value and parameterization (reference: 1.0, "linear", 1.0; a
             recall-training lever, see `attention_ops.add_temperature`).
-        remat: bool, rematerialise every layer's attention core in training
-            (`SlidingWindowAttention`): less memory, one more forward pass
-            of the core. Default False.
+        remat: False (default, the reference), True or `"attention"`:
+            rematerialise every layer's attention core in training
+            (`SlidingWindowAttention`): less memory, one more forward pass of
+            the core. `"layer"`: recompute every sliding-window layer whole
+            from its input in the backward pass (the recurrent layer's cores
+            as with True): least memory, about one more forward pass.
 
     Example:
     >>> backbone = BlockRecurrentBackbone(260, 2, 64, 4, 16, 128, 8,
@@ -113,7 +117,7 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
         self.temperature_init = temperature_init
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
-        self.remat = remat
+        self.remat = check_remat(remat)
         self.recurrent_indices = sorted({i % num_layers for i in recurrent_layers})
         if self.recurrent_indices and num_states <= 0:
             raise ValueError(
