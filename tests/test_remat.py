@@ -96,3 +96,21 @@ def test_layer_remat_is_a_config_option_and_bad_values_are_refused():
     for bad in ("true", 1, "block"):
         with pytest.raises(ValueError, match="remat=.*choose False, True"):
             BlockRecurrentCausalLM.from_preset("xl_512", size="tiny", remat=bad)
+
+
+def test_layer_remat_without_dropout():
+    """remat='layer' at dropout 0 (keras' Dropout then has no seed generator)."""
+    plain = BlockRecurrentCausalLM.from_preset(
+        "rec_fixed_skip", size="tiny", dropout=0.0
+    )
+    remat = BlockRecurrentCausalLM.from_preset(
+        "rec_fixed_skip", size="tiny", dropout=0.0, remat="layer"
+    )
+    remat.set_weights(plain.get_weights())
+    ids = random_ids(2, plain.segment_length).astype("int32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(remat(ids, training=True)),
+        keras.ops.convert_to_numpy(plain(ids, training=True)),
+        rtol=1e-5,
+        atol=1e-5,
+    )

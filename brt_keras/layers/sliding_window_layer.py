@@ -244,9 +244,11 @@ class SlidingWindowLayer(keras.layers.Layer):
         if self.remat == "layer" and training:
             # Every dropout's seed is drawn here, outside the recomputed
             # function, so the backward pass recomputes the very same masks.
+            # (keras' Dropout has no generator at rate 0: zeros stand in.)
+            dtype = self.pre_attn_dropout.seed_generator.state.dtype
+
             def draw(d):
-                g = d.seed_generator
-                return g.next() if d.rate > 0 else ops.zeros((2,), g.state.dtype)
+                return d.seed_generator.next() if d.rate > 0 else ops.zeros((2,), dtype)
 
             dropouts = (self.pre_attn_dropout, self.self_attention.dropout)
             seeds = ops.stack([draw(d) for d in dropouts + (self.ffn_dropout,)])
