@@ -134,9 +134,7 @@ def evaluate(corpus, preset, args, data_dir, run_dir, reset):
     out = eval_path(run_dir, reset)
     if os.path.exists(out):
         return 0
-    segment, _ = segment_and_batch(preset, args.size, args.tokens_per_step)
     slots = args.eval_batch
-    segments = math.ceil(args.eval_tokens / (slots * segment))
     cmd = [
         sys.executable,
         "-m",
@@ -146,7 +144,9 @@ def evaluate(corpus, preset, args, data_dir, run_dir, reset):
         f"--data_dir={data_dir}",
         "--split=test",
         f"--batch_size={slots}",
-        f"--max_segments={segments}",
+        # Scored tokens, not segments: a split with fewer documents than slots
+        # (books: 5) leaves slots idle, which a segment cap would count.
+        f"--max_tokens={args.eval_tokens}",
         f"--reset_state={reset}",
         "--by_position",
         f"--bootstrap={args.bootstrap}",

@@ -139,6 +139,17 @@ def test_never_equals_one_forward_pass():
 
 
 @pytest.mark.model
+def test_max_tokens_counts_scored_tokens():
+    """--max_tokens stops on tokens scored (a segment cap also counts idle slots:
+    the books test split has 5 documents for 4 slots and stopped at 465k of 1M)."""
+    lm = tiny_lm("rec_fixed_skip")
+    full = _scores("never")
+    part = scoring.score_documents(lm, _texts(), batch_size=2, max_tokens=60)
+    assert not part.complete and 60 <= part.total_tokens < full.total_tokens
+    assert full.complete
+
+
+@pytest.mark.model
 def test_every_segment_resets_state_and_caches():
     lm = tiny_lm("rec_fixed_skip")
     L = lm.segment_length

@@ -48,6 +48,12 @@ flags.DEFINE_integer("batch_size", 4, "Documents streamed in parallel.")
 flags.DEFINE_integer(
     "max_segments", 0, "Stop after this many batches (0: all documents)."
 )
+flags.DEFINE_integer(
+    "max_tokens",
+    0,
+    "Stop once this many tokens are scored (0: all documents). Unlike "
+    "--max_segments it does not count the idle slots of a split with few documents.",
+)
 flags.DEFINE_string(
     "output",
     None,
@@ -133,6 +139,7 @@ def evaluate():
         tokenizer=FLAGS.tokenizer or config["tokenizer"],
         reset_state=FLAGS.reset_state,
         max_segments=FLAGS.max_segments,
+        max_tokens=FLAGS.max_tokens,
         progress=_progress,
     )
     if sys.stderr.isatty():

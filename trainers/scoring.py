@@ -397,6 +397,7 @@ def score_documents(
     tokenizer="bytes",
     reset_state="never",
     max_segments=0,
+    max_tokens=0,
     keep_tokens=False,
     progress=None,
 ):
@@ -410,6 +411,8 @@ def score_documents(
         reset_state: "never" (carry the state through each document) or "every_segment"
             (reset caches and recurrent state at every segment start: the memory ablation).
         max_segments: stop after this many batches (0: all).
+        max_tokens: stop once this many tokens are scored (0: all); unlike
+            `max_segments`, idle slots (fewer documents left than slots) do not count.
         keep_tokens: keep every scored token's position and loss (`Scores.token_losses`).
         progress: optional callable(scores) after each batch.
 
@@ -447,7 +450,9 @@ def score_documents(
     docs = np.full(batch_size, -1)
     positions = np.zeros(batch_size, np.int64)
     for batch in dataset.as_numpy_iterator():
-        if max_segments and scores.segments >= max_segments:
+        if (max_segments and scores.segments >= max_segments) or (
+            max_tokens and scores.total_tokens >= max_tokens
+        ):
             scores.complete = False
             break
         start = batch["start_of_sequence"].astype(bool)
