@@ -26,9 +26,6 @@ def sliding_window_mask(block_size):
     return (rel >= -block_size) & (rel <= -1)
 
 
-REMAT_MODES = (False, True, "attention", "layer")
-
-
 def check_remat(remat):
     """Validates a `remat` setting: False (the reference: keep every activation),
     True or `"attention"` (recompute each attention core in the backward pass),
