@@ -21,10 +21,13 @@ Two peaks are reported per run. `step 2` is the process's peak so far
 (`ru_maxrss`), which includes XLA compiling the whole step once on the
 host. `step 2 alone` is the peak of the second step by itself: the kernel's
 high-water mark (`VmHWM`) is reset after the first step (`clear_refs`,
-Linux >= 4.0), so it counts what the running step holds plus whatever the
-allocator kept from the compile, but not the compile's transient peak. On
-an accelerator the compile happens in host memory, so `step 2 alone` is the
-closer analogue of the step's device memory.
+Linux >= 4.0) after the heap's free memory is handed back
+(`malloc_trim`), so it counts what the model, optimizer and runtime keep
+plus what the running step needs, not the compile's transient peak nor the
+memory glibc kept from it. On an accelerator the compile happens in host
+memory, so `step 2 alone` is the closer analogue of the step's device
+memory; `MALLOC_MMAP_THRESHOLD_=131072` in the environment lowers the
+first (compile) peak too.
 """
 
 import argparse
@@ -52,6 +55,19 @@ def _reset_high_water_mark():
         return True
     except OSError:
         return False
+
+
+def _trim_heap():
+    """Returns freed heap memory to the kernel (glibc's `malloc_trim`), so
+    memory the compile freed but the allocator kept is not counted as the
+    step's. A no-op where the C library has no `malloc_trim`."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _high_water_mark_gib():
@@ -84,6 +100,8 @@ def measure(preset, size, tokens, dropout, remat, overrides, seed=0):
         before = _peak_gib()
         # The reset also lowers ru_maxrss (Linux derives it from VmHWM), so
         # the process's peak is the larger of the peaks before and after.
+        if i == 1:
+            _trim_heap()
         reset = i == 1 and _reset_high_water_mark()
         _, state = common.block_until_ready(step(ids[:, :-1], ids[:, 1:], state, sos))
         alone = _high_water_mark_gib() if reset else None
