@@ -16,6 +16,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if os.environ["KERAS_BACKEND"] == "jax":
+    # As the trainers do: lets remat save memory on JAX's CPU client.
+    from trainers.backend import keep_remat_on_cpu
+
+    keep_remat_on_cpu()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -104,6 +109,7 @@ def machine_info():
 
         info["jax"] = jax.__version__
         info["jax_devices"] = [str(d) for d in jax.devices()]
+        info["xla_flags"] = os.environ.get("XLA_FLAGS")
     try:
         with open("/proc/meminfo") as f:
             kb = int(f.readline().split()[1])

@@ -30,7 +30,15 @@ def check_remat(remat):
     """Validates a `remat` setting: False (the reference: keep every activation),
     True or `"attention"` (recompute each attention core in the backward pass),
     `"layer"` (recompute each sliding-window layer whole from its input; a
-    recurrent layer's attention cores as with `"attention"`)."""
+    recurrent layer's attention cores as with `"attention"`).
+
+    On JAX's CPU client remat saves memory only when XLA keeps the
+    optimization barriers `jax.checkpoint` places
+    (`XLA_FLAGS=--xla_disable_hlo_passes=cse_barrier_expander`, which
+    `trainers.backend.keep_remat_on_cpu` sets for every trainer and
+    benchmark); otherwise XLA:CPU merges the recomputation back into the
+    forward pass and keeps every activation. TensorFlow and GPU/TPU need
+    nothing."""
     if isinstance(remat, bool) or remat in ("attention", "layer"):
         return remat
     raise ValueError(
