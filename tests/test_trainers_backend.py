@@ -4,15 +4,15 @@ memory on JAX's CPU client). Backend-independent: JAX runs in a subprocess."""
 import pytest
 
 # Compiles the gradient of three sliding-window layers on JAX's CPU client and
-# prints XLA's planned temporary memory without and with remat="layer".
+# prints XLA's planned temporary memory without and with remat="layer", with
+# the flag `keep_remat_on_cpu` adds.
 _JAX_REMAT_MEMORY = """
-import json, os, sys
+import json, os
 os.environ.pop("XLA_FLAGS", None)
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ["JAX_PLATFORMS"] = "cpu"
-if sys.argv[1] == "keep":
-    from trainers import backend
-    assert backend.keep_remat_on_cpu()
+from trainers import backend
+assert backend.keep_remat_on_cpu()
 import jax, keras, numpy as np
 from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
 
@@ -41,7 +41,7 @@ print(json.dumps({"plain": temp_bytes(False), "layer": temp_bytes("layer")}))
 """
 
 
-def _jax_temp_bytes(mode):
+def _jax_temp_bytes():
     import json
     import os
     import subprocess
@@ -50,7 +50,7 @@ def _jax_temp_bytes(mode):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run(
-        [sys.executable, "-c", _JAX_REMAT_MEMORY, mode],
+        [sys.executable, "-c", _JAX_REMAT_MEMORY],
         cwd=root,
         env=env,
         capture_output=True,
@@ -67,7 +67,7 @@ def test_remat_saves_memory_on_jax_cpu():
     With `trainers.backend.keep_remat_on_cpu` (applied by every trainer on
     JAX) it plans far less."""
     pytest.importorskip("jax")
-    kept = _jax_temp_bytes("keep")
+    kept = _jax_temp_bytes()
     assert kept["layer"] < 0.6 * kept["plain"], kept
 
 

@@ -20,7 +20,7 @@ BACKENDS = ("tensorflow", "jax")
 # optimization barrier) before common-subexpression elimination, which then
 # merges `jax.checkpoint`'s recomputation back into the forward pass: remat
 # runs but saves nothing (a 12-layer toy keeps 1.62 GiB of temporaries with
-# or without it, 0.25 GiB with this flag; `tests/test_remat.py`).
+# or without it, 0.25 GiB with this flag; `tests/test_trainers_backend.py`).
 KEEP_REMAT_FLAG = "--xla_disable_hlo_passes=cse_barrier_expander"
 # Packages that give JAX a GPU or TPU client (found without importing them).
 _ACCELERATOR_PACKAGES = (
@@ -49,8 +49,8 @@ def keep_remat_on_cpu(environ=None, accelerator_installed=None) -> bool:
     """Adds ``KEEP_REMAT_FLAG`` to ``XLA_FLAGS`` so that ``keras.remat`` (the
     models' ``remat=True`` / ``"layer"``) saves memory on JAX's CPU client.
 
-    Only where JAX runs on CPU alone (GPU and TPU compilers keep the barriers
-    until after their own scheduling) and where ``XLA_FLAGS`` does not
+    Only where JAX runs on CPU alone (GPU and TPU compilers are left as they
+    are: measured on CPU only) and where ``XLA_FLAGS`` does not
     already choose passes to disable (the user's choice wins). Must run
     before JAX creates its first client. It changes nothing without remat:
     only remat emits barriers. Returns True when the flag was added.
