@@ -261,7 +261,8 @@ class TrainStep:
     TensorFlow: `tf.function(jit_compile=True)` around GradientTape and the
     optimizer. JAX: `jax.jit` over a stateless loss and
     `optimizer.stateless_apply` (variables written back after each call).
-    `loss_fn(logits, targets, inputs)` defaults to `masked_loss`.
+    `loss_fn(logits, targets, inputs)` defaults to `masked_loss` (computed
+    without the logits when the backbone sets `loss_chunk_tokens`).
     """
 
     def __init__(self, lm, optimizer=None, loss_fn=None, jit_compile=True):
@@ -278,6 +279,14 @@ class TrainStep:
             raise ValueError(f"backend {backend()!r} is not supported here")
 
     def _forward_loss(self, inputs, targets, state, sos):
+        if self.loss_fn is masked_loss and self.lm.backbone.loss_chunk_tokens:
+            # masked_loss without the [B, L, V] logits (loss_chunk_tokens).
+            hidden, new_state = self.lm.backbone.call_with_state(
+                inputs, state, start_of_sequence=sos, training=True
+            )
+            mask = ops.cast(ops.logical_and(inputs > 0, targets > 0), "float32")
+            total = self.lm.readout_loss(hidden, targets, mask)
+            return total / ops.maximum(ops.sum(mask), 1.0), new_state
         logits, new_state = self.lm.call_with_state(
             inputs, state, start_of_sequence=sos, training=True
         )

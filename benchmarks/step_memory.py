@@ -14,6 +14,7 @@ compile and step) and after a second step. Three runs tell the parts apart:
 
     python -m benchmarks.step_memory                  # small_37m, 4096 tokens, remat=True
     python -m benchmarks.step_memory --remat layer    # every sliding layer recomputed
+    python -m benchmarks.step_memory --remat layer --loss-chunk-tokens 512  # no logits
     python -m benchmarks.step_memory --remat none --dropout 0.05
     python -m benchmarks.step_memory --quick          # tiny, seconds
 
@@ -116,6 +117,7 @@ def measure(preset, size, tokens, dropout, remat, overrides, seed=0):
         "vocabulary_size": vocab,
         "dropout": lm.backbone.dropout,
         "remat": remat,
+        "loss_chunk_tokens": lm.backbone.loss_chunk_tokens,
         "peak_gib": peaks,
     }
 
@@ -154,6 +156,12 @@ def parser():
         choices=["none", "attention", "layer"],
         help="the model's remat setting (none: False, attention: True)",
     )
+    p.add_argument(
+        "--loss-chunk-tokens",
+        type=int,
+        default=None,
+        help="the backbone's loss_chunk_tokens (default None: full logits)",
+    )
     p.add_argument("--few-layers", type=int, default=4)
     p.add_argument("--_single", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_single-out", default=None, help=argparse.SUPPRESS)
@@ -179,6 +187,8 @@ def main(argv=None):
         ),
     )
     for label, overrides in plan:
+        if args.loss_chunk_tokens:
+            overrides = dict(overrides, loss_chunk_tokens=args.loss_chunk_tokens)
         common.log(f"[step_memory] {args.preset} {args.size}: {label}")
         spec = [args.preset, args.size, args.tokens, args.dropout, remat, overrides]
         result, error = common.run_isolated("benchmarks.step_memory", spec)
@@ -196,7 +206,8 @@ def main(argv=None):
     ]
     notes = [
         f"{args.preset} {args.size}, {full['tokens_per_step']} tokens/step, dropout "
-        f"{args.dropout}, remat {remat}, peak at {s}: "
+        f"{args.dropout}, remat {remat}, loss_chunk_tokens "
+        f"{args.loss_chunk_tokens}, peak at {s}: "
         + "; ".join(f"{k} {v:.2f} GiB" for k, v in p.items())
         for s, p in parts.items()
     ]

@@ -32,7 +32,17 @@ SETTINGS = {
 }
 
 
-def measure(variant, size, window, tokens, steps, seed=0, dropout=None, remat=False):
+def measure(
+    variant,
+    size,
+    window,
+    tokens,
+    steps,
+    seed=0,
+    dropout=None,
+    remat=False,
+    loss_chunk_tokens=None,
+):
     """Compile time, per-step seconds and peak resident memory of one
     preset's train step (the peak is the process's: run it isolated)."""
     import resource
@@ -44,6 +54,8 @@ def measure(variant, size, window, tokens, steps, seed=0, dropout=None, remat=Fa
     if remat:
         # True (a bool from older callers) and "attention" are the same setting.
         overrides["remat"] = True if remat in (True, "attention") else remat
+    if loss_chunk_tokens:
+        overrides["loss_chunk_tokens"] = loss_chunk_tokens
     lm = common.build_lm(variant, size, window=window, **overrides)
     segment = lm.segment_length
     batch = max(1, tokens // segment)
@@ -85,6 +97,7 @@ def measure(variant, size, window, tokens, steps, seed=0, dropout=None, remat=Fa
         "loss": float(np.asarray(loss)),
         "dropout": lm.backbone.dropout,
         "remat": remat or False,
+        "loss_chunk_tokens": lm.backbone.loss_chunk_tokens,
         # ru_maxrss is in KiB on Linux: the whole process, compile included.
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_accelerator_gib": peak_accelerator_gib(),
@@ -105,10 +118,12 @@ def peak_accelerator_gib():
     return None if peak is None else peak / 2**30
 
 
-def measure_isolated(variant, size, window, tokens, steps, seed, dropout, remat=False):
+def measure_isolated(
+    variant, size, window, tokens, steps, seed, dropout, remat=False, chunk=None
+):
     """`measure` in a fresh process: memory is returned between presets and
     a preset that is killed (out of memory) is recorded, not fatal."""
-    spec = [variant, size, window, tokens, steps, seed, dropout, remat]
+    spec = [variant, size, window, tokens, steps, seed, dropout, remat, chunk]
     result, error = common.run_isolated("benchmarks.step_time", spec)
     if error:
         return {
@@ -122,12 +137,14 @@ def measure_isolated(variant, size, window, tokens, steps, seed, dropout, remat=
     return result
 
 
-def run_setting(name, variants, steps, seed, dropout=None, remat=False):
+def run_setting(name, variants, steps, seed, dropout=None, remat=False, chunk=None):
     size, window, tokens = SETTINGS[name]
     rows = []
     for variant in variants:
         common.log(f"[step_time:{name}] {variant} ({size}, W={window}) ...")
-        r = measure_isolated(variant, size, window, tokens, steps, seed, dropout, remat)
+        r = measure_isolated(
+            variant, size, window, tokens, steps, seed, dropout, remat, chunk
+        )
         r["setting"] = name
         if "error" in r:
             common.log(f"  failed: {r['error']}")
@@ -221,6 +238,13 @@ def main(argv=None):
         "sliding-window layer (`--remat layer`); with it xl_2048 also runs with "
         "dropout at the issue setting",
     )
+    parser.add_argument(
+        "--loss-chunk-tokens",
+        type=int,
+        default=None,
+        help="the backbone's loss_chunk_tokens: the loss without the full "
+        "[B, L, V] logits (default: full logits, the reference)",
+    )
     parser.add_argument("--_single", default=None, help=argparse_suppress())
     parser.add_argument("--_single-out", default=None, help=argparse_suppress())
     args = parser.parse_args(argv)
@@ -259,7 +283,17 @@ def main(argv=None):
 
     all_rows, target_results = [], {}
     for label, name, variants, dropout in plan:
-        rows = run_setting(name, variants, args.steps, args.seed, dropout, args.remat)
+        rows = run_setting(
+            name,
+            variants,
+            args.steps,
+            args.seed,
+            dropout,
+            args.remat,
+            args.loss_chunk_tokens,
+        )
+        if args.loss_chunk_tokens:
+            label += f" loss chunk {args.loss_chunk_tokens}"
         for r in rows:
             r["setting"] = label
         all_rows.extend(rows)

@@ -6,6 +6,7 @@ import numpy as np
 from keras import ops
 
 from brt_keras.layers.block_recurrent_layer import BlockRecurrentLayer
+from brt_keras.layers.readout import check_loss_chunk_tokens
 from brt_keras.layers.rms_norm import RMSNorm
 from brt_keras.layers.sliding_window_attention import check_remat
 from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
@@ -67,6 +68,14 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
             the core. `"layer"`: recompute every sliding-window layer whole
             from its input in the backward pass (the recurrent layer's cores
             as with True): least memory, about one more forward pass.
+        loss_chunk_tokens: None (default, the reference: the training loss
+            reads the full `[B, L, V]` logits) or an int: the LM's training
+            loss (`BlockRecurrentCausalLM.readout_loss`, used by
+            `BlockRecurrentStreamModel` and the trainers) runs over this
+            many positions at a time and never materialises the logits
+            (`readout.tied_readout_loss`): same loss and gradients, about
+            `[N, V]` float32 buffers less memory. A training setting kept
+            here with `remat`; inference always returns logits.
 
     Example:
     >>> backbone = BlockRecurrentBackbone(260, 2, 64, 4, 16, 128, 8,
@@ -97,6 +106,7 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
         temperature_parameterization="linear",
         temperature_lr_multiplier=1.0,
         remat=False,
+        loss_chunk_tokens=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -118,6 +128,7 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
         self.remat = check_remat(remat)
+        self.loss_chunk_tokens = check_loss_chunk_tokens(loss_chunk_tokens)
         self.recurrent_indices = sorted({i % num_layers for i in recurrent_layers})
         if self.recurrent_indices and num_states <= 0:
             raise ValueError(
@@ -311,5 +322,6 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
             temperature_parameterization=self.temperature_parameterization,
             temperature_lr_multiplier=self.temperature_lr_multiplier,
             remat=self.remat,
+            loss_chunk_tokens=self.loss_chunk_tokens,
         )
         return config

@@ -11,6 +11,7 @@ from keras import ops
 
 from brt_keras import samplers
 from brt_keras.layers.readout import tied_readout
+from brt_keras.layers.readout import tied_readout_loss
 from brt_keras.models import presets
 from brt_keras.models.block_recurrent_backbone import BlockRecurrentBackbone
 from brt_keras.models.block_recurrent_backbone import check_token_ids
@@ -197,6 +198,27 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
         # tied_readout also undoes an int8-quantized table's per-row scale.
         logits = tied_readout(self.backbone.token_embedding, hidden)
         return logits / math.sqrt(self.backbone.vocabulary_size)
+
+    def readout_loss(self, hidden, targets, weights):
+        """`sum(weights * NLL(targets))` (float32 scalar) from the backbone's
+        `hidden` `[B, L, d]`: through the full logits by default, or
+        `backbone.loss_chunk_tokens` positions at a time without ever holding
+        the `[B, L, V]` logits (`readout.tied_readout_loss`; same value and
+        gradients up to float rounding)."""
+        chunk = self.backbone.loss_chunk_tokens
+        if not chunk:
+            ce = ops.sparse_categorical_crossentropy(
+                targets, self._logits(hidden), from_logits=True
+            )
+            return ops.sum(ce * ops.cast(weights, "float32"))
+        return tied_readout_loss(
+            self.backbone.token_embedding,
+            hidden,
+            targets,
+            weights,
+            math.sqrt(self.backbone.vocabulary_size),
+            chunk,
+        )
 
     def get_initial_state(self, batch_size):
         return self.backbone.get_initial_state(batch_size)

@@ -13,6 +13,11 @@ Per step: read the cached state, reset the slots where `start_of_sequence`
 (already `stop_gradient`: truncated BPTT at segment boundaries, spec s9) and
 return the logits. Training and evaluation keep separate caches (spec s9).
 
+With the backbone's `loss_chunk_tokens` set, a training step returns the
+final hidden states instead and `compute_loss` computes the compiled sparse
+cross-entropy from them chunk by chunk (`lm.readout_loss`): the step never
+holds the `[B, L, V]` logits. Evaluation and prediction still return logits.
+
 The variables use `synchronization="on_read"`: under a `tf.distribute`
 strategy every replica holds its own copy, of the per-replica batch size, so
 per-replica state stays with the replica's slots.
@@ -31,6 +36,13 @@ def shift_targets(token_ids):
 def loss_weights(token_ids, targets):
     """1 where the input and the target are both non-padding, else 0."""
     return ops.cast(ops.logical_and(token_ids > 0, targets > 0), "float32")
+
+
+class _Precomputed(keras.losses.Loss):
+    """A loss whose value is already computed (`y_pred`); Keras reduces it."""
+
+    def call(self, y_true, y_pred):
+        return y_pred
 
 
 @keras.saving.register_keras_serializable(package="brt_keras")
@@ -128,13 +140,76 @@ class BlockRecurrentStreamModel(keras.Model):
         state = keras.tree.pack_sequence_as(
             self._state_structure, [v.value for v in variables]
         )
-        logits, new_state = self.lm.call_with_state(
-            token_ids, state, reset, training=training
-        )
+        if self._chunked_loss(training):
+            # compute_loss reads the logits chunk by chunk from these.
+            out, new_state = self.lm.backbone.call_with_state(
+                token_ids, state, reset, training=training
+            )
+        else:
+            out, new_state = self.lm.call_with_state(
+                token_ids, state, reset, training=training
+            )
         for variable, value in zip(variables, keras.tree.flatten(new_state)):
             variable.assign(ops.cast(value, "float32"))
         fresh.assign(ops.zeros((self.batch_size,), "float32"))
-        return logits
+        return out
+
+    def _chunked_loss(self, training):
+        return bool(training) and bool(self.lm.backbone.loss_chunk_tokens)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """The compiled loss; in a training step with `loss_chunk_tokens`,
+        computed from the hidden states `y_pred` without the logits. Only
+        the loss the trainers compile is supported there:
+        `SparseCategoricalCrossentropy(from_logits=True)` reduced by
+        "sum_over_batch_size" or "sum", and no compiled metrics."""
+        if not self._chunked_loss(training):
+            return super().compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+            )
+        reduction = self._check_chunked_compile()
+        weights = ops.ones(ops.shape(y)) if sample_weight is None else sample_weight
+        total = self.lm.readout_loss(y_pred, y, weights)
+        if reduction == "sum_over_batch_size":
+            total = total / ops.cast(ops.size(y), "float32")
+        # Keras' own reduction of a one-element value: for "sum_over_batch_size"
+        # it divides by 1 and by the number of replicas of a tf.distribute
+        # strategy, exactly what the compiled loss would do ("sum" divides by
+        # neither). A 0-d value would skip that step.
+        total = ops.reshape(total, (1,))
+        loss = _Precomputed(reduction=reduction, name="chunked_nll")(
+            ops.zeros_like(total), total
+        )
+        for extra in self.losses:
+            loss = loss + self._aggregate_additional_loss(extra)
+        return loss
+
+    def _check_chunked_compile(self):
+        fix = (
+            "compile with keras.losses.SparseCategoricalCrossentropy("
+            "from_logits=True) and no metrics, or set the backbone's "
+            "loss_chunk_tokens=None"
+        )
+        if getattr(self, "_compile_metrics", None) is not None:
+            raise ValueError(
+                "loss_chunk_tokens: a training step returns hidden states, not "
+                f"logits, so compiled metrics cannot be computed; {fix}."
+            )
+        loss = self.loss
+        config = loss.get_config() if isinstance(loss, keras.losses.Loss) else {}
+        if not (
+            isinstance(loss, keras.losses.SparseCategoricalCrossentropy)
+            and config.get("from_logits")
+            and config.get("ignore_class") is None
+            and config.get("reduction") in ("sum_over_batch_size", "sum")
+        ):
+            raise ValueError(
+                f"loss_chunk_tokens computes sparse cross-entropy from logits; "
+                f"the compiled loss is {loss!r} ({config}); {fix}."
+            )
+        return config["reduction"]
 
     def get_config(self):
         config = super().get_config()

@@ -129,6 +129,7 @@ CONFIG_KEYS = (
     "temperature_parameterization",
     "temperature_lr_multiplier",
     "remat",
+    "loss_chunk_tokens",
 )
 
 
