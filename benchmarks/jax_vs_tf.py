@@ -9,7 +9,15 @@ TensorFlow (`tf.function(jit_compile=True)` over a `GradientTape`).
 - a dense matmul [4096, 512] @ [512, 2048] (an FFN projection);
 - the elementwise exp of an attention tile batch [8, 4096, 1024];
 - the attention core (`SlidingWindowAttention`, W x 2W tiles);
-- one `SlidingWindowLayer` and one `BlockRecurrentLayer` (fixed gate, skip).
+- one `SlidingWindowLayer` and one `BlockRecurrentLayer` (fixed gate, skip);
+- the dense matmul's three products taken apart, forward only (`--only
+  dots` runs just these): the forward `x @ W`, the input gradient `g @ W^T`,
+  the weight gradient `x^T @ g` (contracting the 4096 tokens, the major
+  dimension of both operands), and that product with `x^T` given as a
+  row-major input (what a materialised transpose gives). This is the
+  minimal reproducer of JAX's gap: XLA:CPU under JAX runs a dot whose left
+  operand is transposed at about half the speed of TensorFlow's XLA, or of
+  its own dot on the transposed copy; the other two products are on par.
 
 Each backend runs in its own subprocess (a Keras process has one backend),
 pinned to the caller's cores; the table gives best-of-N ms and JAX / TF.
@@ -36,6 +44,12 @@ COMPONENTS = (
     "attention core",
     "SlidingWindowLayer",
     "BlockRecurrentLayer",
+)
+DOTS = (
+    "x @ W (forward)",
+    "g @ W^T (input gradient)",
+    "x^T @ g (weight gradient)",
+    "x^T @ g, x^T given row-major",
 )
 
 
@@ -76,9 +90,49 @@ def best_ms(fn, args, repeats):
     return 1e3 * min(times)
 
 
-def measure(quick, repeats):
+def compiled(fn):
+    """`fn` XLA-compiled by this process' backend (no gradient)."""
+    if common.backend() == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import tensorflow as tf
+
+    return tf.function(fn, jit_compile=True)
+
+
+def measure_dots(quick, repeats):
+    """The three products of a dense layer's forward+backward, apart (ms)."""
+    from keras import ops
+
+    d, f, length = (64, 128, 256) if quick else (512, 2048, 4096)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((length, d)).astype("float32")
+    w = rng.standard_normal((d, f)).astype("float32")
+    g = rng.standard_normal((length, f)).astype("float32")
+    x_t = np.ascontiguousarray(x.T)
+    cases = (
+        (lambda a, b: ops.matmul(a, b), x, w),
+        (lambda a, b: ops.matmul(a, ops.transpose(b)), g, w),
+        (lambda a, b: ops.matmul(ops.transpose(a), b), x, g),
+        (lambda a, b: ops.matmul(a, b), x_t, g),
+    )
+    out = {}
+    for name, (fn, a, b) in zip(DOTS, cases):
+        args = [ops.convert_to_tensor(a), ops.convert_to_tensor(b)]
+        out[name] = best_ms(compiled(fn), args, repeats)
+    return out
+
+
+def measure(quick, repeats, only=None):
     import keras
     from keras import ops
+
+    if only == "dots":
+        out = measure_dots(quick, repeats)
+        for name, ms in out.items():
+            common.log(f"  [{common.backend()}] {name}: {ms:.1f} ms")
+        return out
 
     from brt_keras.layers.block_recurrent_layer import BlockRecurrentLayer
     from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
@@ -140,7 +194,7 @@ def measure(quick, repeats):
     return out
 
 
-def run_backend(backend, xla_flags, quick, repeats):
+def run_backend(backend, xla_flags, quick, repeats, only=None):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
@@ -153,6 +207,7 @@ def run_backend(backend, xla_flags, quick, repeats):
     with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
         cmd = [sys.executable, "-m", "benchmarks.jax_vs_tf", "--worker", tmp.name]
         cmd += ["--repeats", str(repeats)] + (["--quick"] if quick else [])
+        cmd += ["--only", only] if only else []
         subprocess.run(cmd, env=env, check=True)
         with open(tmp.name) as f:
             return json.load(f)
@@ -167,31 +222,39 @@ def main(argv=None):
         default=[],
         help="extra XLA_FLAGS for another JAX column (repeatable)",
     )
+    parser.add_argument(
+        "--only",
+        choices=["dots"],
+        default=None,
+        help="dots: only the dense matmul's three products, forward only",
+    )
     parser.add_argument("--worker", help=argparse_hidden())
     args = parser.parse_args(argv)
     if args.worker:
         with open(args.worker, "w") as f:
-            json.dump(measure(args.quick, args.repeats), f)
+            json.dump(measure(args.quick, args.repeats, args.only), f)
         return
-    columns = {"tensorflow": run_backend("tensorflow", "", args.quick, args.repeats)}
-    columns["jax"] = run_backend("jax", "", args.quick, args.repeats)
+    run = (args.quick, args.repeats, args.only)
+    columns = {"tensorflow": run_backend("tensorflow", "", *run)}
+    columns["jax"] = run_backend("jax", "", *run)
     for flags in args.jax_flags:
-        columns[f"jax {flags}"] = run_backend("jax", flags, args.quick, args.repeats)
+        columns[f"jax {flags}"] = run_backend("jax", flags, *run)
     names = list(columns)
     rows = []
-    for component in COMPONENTS:
+    for component in DOTS if args.only == "dots" else COMPONENTS:
         tf_ms = columns["tensorflow"][component]
         row = [component] + [columns[n][component] for n in names]
         row += [columns[n][component] / tf_ms for n in names[1:]]
         rows.append(row)
-    headers = ["component (fwd+bwd)"] + [f"{n} ms" for n in names]
+    kind = "product (forward only)" if args.only == "dots" else "component (fwd+bwd)"
+    headers = [kind] + [f"{n} ms" for n in names]
     headers += [f"{n} / TF" for n in names[1:]]
     common.report(
         "jax_vs_tf",
         "JAX vs TensorFlow on XLA:CPU, by component of the training step",
         headers,
         rows,
-        {"columns": columns, "quick": args.quick},
+        {"columns": columns, "quick": args.quick, "only": args.only},
         args.out_dir,
         [
             "issue sizes: d=512, H=8, Dh=64, F=2048, W=512, S=512, 4096 tokens; "

@@ -61,6 +61,38 @@ def test_train_step_learns_and_leaves_usable_variables():
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(logits)))
 
 
+@pytest.mark.model
+def test_train_step_with_loss_chunks_matches_full_logits():
+    """The step the memory numbers come from (`loss_chunk_tokens`) trains
+    exactly as the full-logits step: same losses over three SGD steps."""
+    import keras
+
+    from benchmarks import common
+
+    ids = np.random.default_rng(1).integers(0, 260, size=(2, 33)).astype("int32")
+    losses = {}
+    for chunk in (None, 24):
+        keras.utils.set_random_seed(0)
+        lm = common.build_lm(
+            "rec_fixed_skip", "tiny", dropout=0.0, loss_chunk_tokens=chunk
+        )
+        step = common.TrainStep(lm, optimizer=keras.optimizers.SGD(0.5))
+        state, sos = lm.get_initial_state(2), np.ones((2,), bool)
+        losses[chunk] = []
+        for _ in range(3):
+            loss, state = step(ids[:, :-1], ids[:, 1:], state, sos)
+            losses[chunk].append(float(np.asarray(loss)))
+    np.testing.assert_allclose(losses[24], losses[None], rtol=1e-5)
+    assert losses[None][-1] < losses[None][0]
+
+
+def test_jax_vs_tf_dot_products_run():
+    from benchmarks import jax_vs_tf
+
+    out = jax_vs_tf.measure(True, 1, only="dots")
+    assert list(out) == list(jax_vs_tf.DOTS) and all(ms > 0 for ms in out.values())
+
+
 def test_step_memory_breakdown():
     from benchmarks import step_memory
 
