@@ -45,6 +45,12 @@ COMPONENTS = (
     "SlidingWindowLayer",
     "BlockRecurrentLayer",
 )
+STEP_PARTS = (
+    "readout + loss (fwd+bwd)",
+    "readout + loss, loss_chunk_tokens=512",
+    "embedding lookup (fwd+bwd)",
+    "Adafactor apply (all small_37m variables)",
+)
 DOTS = (
     "x @ W (forward)",
     "g @ W^T (input gradient)",
@@ -124,12 +130,72 @@ def measure_dots(quick, repeats):
     return out
 
 
+def measure_step_parts(quick, repeats):
+    """The step's parts outside the layers (ms): the tied readout with the
+    loss, the embedding lookup, the optimizer update."""
+    import math
+
+    import keras
+    from keras import ops
+
+    from brt_keras.layers.readout import tied_readout_loss
+
+    n, d, v = (256, 64, 512) if quick else (4096, 512, 32128)
+    rng = np.random.default_rng(0)
+    embedding = keras.layers.Embedding(v, d)
+    embedding.build((None,))
+    table = embedding.embeddings
+    ids = ops.convert_to_tensor(rng.integers(1, v, (n,)).astype("int32"))
+    hidden = ops.convert_to_tensor(rng.standard_normal((n, d)).astype("float32"))
+
+    def readout(x):
+        logits = ops.matmul(x, ops.transpose(table)) / math.sqrt(v)
+        ce = ops.sparse_categorical_crossentropy(ids, logits, from_logits=True)
+        # gradient_fn squares the output: a root keeps it the mean loss's.
+        return ops.sqrt(ops.mean(ce))
+
+    def chunked(x):
+        weights = ops.ones((n,))
+        total = tied_readout_loss(embedding, x, ids, weights, math.sqrt(v), 512)
+        return ops.sqrt(total / n)
+
+    out = {
+        STEP_PARTS[0]: best_ms(gradient_fn(readout, [table]), [hidden], repeats),
+        STEP_PARTS[1]: best_ms(gradient_fn(chunked, [table]), [hidden], repeats),
+        STEP_PARTS[2]: best_ms(
+            gradient_fn(lambda: ops.take(table, ids, axis=0), [table]), [], repeats
+        ),
+    }
+    lm = common.build_lm("rec_fixed_skip", "tiny" if quick else "small_37m")
+    variables = lm.trainable_variables
+    optimizer = keras.optimizers.Adafactor(learning_rate=0.01)
+    optimizer.build(variables)
+    grads = [ops.full(x.shape, 1e-3, "float32") for x in variables]
+    if common.backend() == "jax":
+        import jax
+
+        apply = jax.jit(lambda w, o, g: optimizer.stateless_apply(o, g, w))
+        args = [[x.value for x in variables], [x.value for x in optimizer.variables]]
+        out[STEP_PARTS[3]] = best_ms(apply, args + [grads], repeats)
+    else:
+        import tensorflow as tf
+
+        apply = tf.function(
+            lambda g: optimizer.apply_gradients(zip(g, variables)), jit_compile=True
+        )
+        out[STEP_PARTS[3]] = best_ms(
+            lambda g: (apply(g), variables[0].value)[1], [grads], repeats
+        )
+    return out
+
+
 def measure(quick, repeats, only=None):
     import keras
     from keras import ops
 
-    if only == "dots":
-        out = measure_dots(quick, repeats)
+    if only in ("dots", "step-parts"):
+        parts = measure_dots if only == "dots" else measure_step_parts
+        out = parts(quick, repeats)
         for name, ms in out.items():
             common.log(f"  [{common.backend()}] {name}: {ms:.1f} ms")
         return out
@@ -224,9 +290,10 @@ def main(argv=None):
     )
     parser.add_argument(
         "--only",
-        choices=["dots"],
+        choices=["dots", "step-parts"],
         default=None,
-        help="dots: only the dense matmul's three products, forward only",
+        help="dots: only the dense matmul's three products, forward only; "
+        "step-parts: the readout with the loss, the embedding, the optimizer",
     )
     parser.add_argument("--worker", help=argparse_hidden())
     args = parser.parse_args(argv)
@@ -241,12 +308,13 @@ def main(argv=None):
         columns[f"jax {flags}"] = run_backend("jax", flags, *run)
     names = list(columns)
     rows = []
-    for component in DOTS if args.only == "dots" else COMPONENTS:
+    listed = {"dots": DOTS, "step-parts": STEP_PARTS}.get(args.only, COMPONENTS)
+    for component in listed:
         tf_ms = columns["tensorflow"][component]
         row = [component] + [columns[n][component] for n in names]
         row += [columns[n][component] / tf_ms for n in names[1:]]
         rows.append(row)
-    kind = "product (forward only)" if args.only == "dots" else "component (fwd+bwd)"
+    kind = "product (forward only)" if args.only == "dots" else "component"
     headers = [kind] + [f"{n} ms" for n in names]
     headers += [f"{n} / TF" for n in names[1:]]
     common.report(

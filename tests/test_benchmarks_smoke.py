@@ -86,11 +86,12 @@ def test_train_step_with_loss_chunks_matches_full_logits():
     assert losses[None][-1] < losses[None][0]
 
 
-def test_jax_vs_tf_dot_products_run():
+def test_jax_vs_tf_dots_and_step_parts_run():
     from benchmarks import jax_vs_tf
 
-    out = jax_vs_tf.measure(True, 1, only="dots")
-    assert list(out) == list(jax_vs_tf.DOTS) and all(ms > 0 for ms in out.values())
+    for only, names in (("dots", jax_vs_tf.DOTS), ("step-parts", jax_vs_tf.STEP_PARTS)):
+        out = jax_vs_tf.measure(True, 1, only=only)
+        assert list(out) == list(names) and all(ms > 0 for ms in out.values())
 
 
 def test_step_memory_breakdown():
