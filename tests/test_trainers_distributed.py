@@ -74,32 +74,26 @@ def tf_single(data_dir, tmp_path_factory):
     return _run(data_dir, str(tmp_path_factory.mktemp("tf_single")), "tensorflow")
 
 
-def test_mirrored_two_cpus(data_dir, tmp_path, tf_single):
-    multi = _run(
+def _mirrored(data_dir, model_dir, *extra):
+    return _run(
         data_dir,
-        str(tmp_path),
+        model_dir,
         "tensorflow",
         "--strategy",
         "mirrored",
         "--cpu_devices",
         "2",
+        *extra,
     )
-    _compare("MirroredStrategy x2", tf_single, multi)
+
+
+def test_mirrored_two_cpus(data_dir, tmp_path, tf_single):
+    _compare("MirroredStrategy x2", tf_single, _mirrored(data_dir, str(tmp_path)))
 
 
 def test_mirrored_two_cpus_chunked_loss(data_dir, tmp_path, tf_single):
     """The trainer with `loss_chunk_tokens` (no logits in the step) on two
     replicas gives the single-device full-logits run: same loss, same
     per-replica scaling of the gradient, same carried state."""
-    multi = _run(
-        data_dir,
-        str(tmp_path),
-        "tensorflow",
-        "--strategy",
-        "mirrored",
-        "--cpu_devices",
-        "2",
-        "--override",
-        "loss_chunk_tokens=24",
-    )
+    multi = _mirrored(data_dir, str(tmp_path), "--override", "loss_chunk_tokens=24")
     _compare("MirroredStrategy x2, loss_chunk_tokens=24", tf_single, multi)
