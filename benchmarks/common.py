@@ -284,7 +284,9 @@ class TrainStep:
             hidden, new_state = self.lm.backbone.call_with_state(
                 inputs, state, start_of_sequence=sos, training=True
             )
-            mask = ops.cast(ops.logical_and(inputs > 0, targets > 0), "float32")
+            from brt_keras.models.block_recurrent_stream_model import loss_weights
+
+            mask = loss_weights(inputs, targets)
             total = self.lm.readout_loss(hidden, targets, mask)
             return total / ops.maximum(ops.sum(mask), 1.0), new_state
         logits, new_state = self.lm.call_with_state(
