@@ -68,8 +68,9 @@ def test_greedy_generate_matches_full_forward(variant, prompt_length):
     )
 
 
-def test_decode_steps_match_forward_logits():
-    lm = tiny_lm("rec_lstm_single")
+@pytest.mark.parametrize("variant", ["rec_lstm_single", "slide_12"])
+def test_decode_steps_match_forward_logits(variant):
+    lm = tiny_lm(variant)
     ids = random_ids(1, 27, seed=3)
     full = np_(lm(ids))
     cache = lm.decode_cache(lm.get_initial_state(1))
@@ -77,6 +78,28 @@ def test_decode_steps_match_forward_logits():
         logits, cache = lm.decode_step(ids[:, p], cache, p % 8)
         np.testing.assert_allclose(np_(logits), full[:, p], atol=1e-4)
         if (p + 1) % 8 == 0:
+            cache = lm.end_block(cache)
+
+
+def test_decode_cache_is_a_window_ring_of_w_plus_one():
+    """Sliding-window layers keep W + 1 slots per slot of the batch (a token
+    sees exactly the W before it), not two blocks; only the recurrent layer,
+    whose state update reads the previous and the current block, keeps 2W.
+    Starting mid-document from a stream state, the ring's slots must line up
+    with positions: decoded logits equal the forward pass's."""
+    lm = tiny_lm("rec_fixed_skip")
+    w = lm.backbone.block_size
+    ids = random_ids(2, 3 * w + 5, seed=5)
+    full = np_(lm(ids))
+    _, state = lm.call_with_state(ids[:, : 2 * w], lm.get_initial_state(2))
+    cache = lm.decode_cache(state)
+    for i in range(len(lm.backbone.transformer_layers)):
+        slots = 2 * w if i in lm.backbone.recurrent_indices else w + 1
+        assert tuple(cache[f"layer_{i}"]["keys"].shape)[2] == slots, i
+    for p in range(2 * w, 3 * w + 5):
+        logits, cache = lm.decode_step(ids[:, p], cache, p % w)
+        np.testing.assert_allclose(np_(logits), full[:, p], atol=1e-4)
+        if (p + 1) % w == 0:
             cache = lm.end_block(cache)
 
 

@@ -209,6 +209,28 @@ class SlidingWindowAttention(keras.layers.Layer):
         )
         return ops.reshape(out, (b, length, h, dh))
 
+    def attend_ring(self, query, keys, values, slot):
+        """One decoding step against a window ring of W + 1 slots.
+
+        Args:
+            query: `[B, 1, H, Dh]`, the token just written at `slot`.
+            keys, values: `[B, H, W + 1, Dh]` (head-major): the token at
+                `slot` and, in the slots before it (cyclically), the W
+                tokens before it. A token never attends to itself (the
+                reference's mask excludes the diagonal), so the slot it was
+                written to is masked; the other W are exactly its window.
+            slot: scalar int32 tensor.
+        """
+        w = self.block_size
+        # Slot s holds the token (slot - s) mod (W + 1) positions back.
+        distances = ops.mod(slot - ops.arange(w + 1, dtype="int32"), w + 1)
+        temperature = ops.cast(self.effective_temperature(), "float32")
+        bias = ops.cast(self.relative_bias.row(distances, w), "float32")
+        tile = ops.where(
+            ops.equal(distances, 0), MASK_VALUE, bias * temperature[:, None]
+        )
+        return attend_cached(query, [(keys, values)], temperature, tile[:, None])
+
     def attend_row(self, query, keys, values, index, half):
         """One decoding step.
 

@@ -287,19 +287,36 @@ class SlidingWindowLayer(keras.layers.Layer):
         y, _ = self.call_with_state(x, self.get_initial_state(batch), training=training)
         return y
 
-    def decode_cache(self, keys, values):
+    def decode_cache(self, keys, values, keep_previous_block=False):
         """Decoding cache from the last complete block's keys/values
         `[B, W, H, Dh]` (a stream state's `keys`/`values`).
 
-        One ring `[B, H, 2W, Dh]` float32 per keys and values, head-major so
-        that a step reads it in place (`attention_ops.attend_cached`): the
-        current block writes the half `half` names, the other half holds
-        the previous block. `end_block` only flips `half` (`[B]` int32), so
-        nothing is copied when a block ends.
+        Keys and values live in float32 rings, head-major so that a step
+        reads them in place (`attention_ops.attend_cached`) and writes one
+        slot; nothing is copied per token or when a block ends.
+
+        - By default a window ring of W + 1 slots: a token sees exactly the
+          W tokens before it, so a slot is reused W + 1 tokens after it was
+          written. `slot` (`[B]` int32) is where the next token goes.
+          Batched decoding reads each slot's cache once per token (the
+          weights once per batch), so its size bounds batched throughput.
+        - `keep_previous_block=True` (the recurrent layer, whose state update
+          reads the previous and the current block: 2W keys): a ring of 2W,
+          the current block writes the half `half` (`[B]` int32) names, the
+          other half holds the previous block; `end_block` flips `half`.
         """
         keys = ops.cast(ops.swapaxes(keys, 1, 2), "float32")
         values = ops.cast(ops.swapaxes(values, 1, 2), "float32")
         batch = ops.shape(keys)[0]
+        if not keep_previous_block:
+            # The previous block in slots 0 .. W-1, its tokens in order; the
+            # next token (position 0 of a block) goes to slot W.
+            pad = ops.zeros_like(keys[:, :, :1])
+            return {
+                "keys": ops.concatenate([keys, pad], axis=2),
+                "values": ops.concatenate([values, pad], axis=2),
+                "slot": ops.full((batch,), self.block_size, "int32"),
+            }
         return {
             # Previous block in the second half, the current block writes the first.
             "keys": ops.concatenate([ops.zeros_like(keys), keys], axis=2),
@@ -310,28 +327,42 @@ class SlidingWindowLayer(keras.layers.Layer):
     def decode_step(self, x, cache, index, state_kv=None):
         """Processes one token `x [B, 1, d]` at position `index` of its block.
 
-        `cache` is `decode_cache`'s ring. Returns `(y [B, 1, d], new_cache)`;
+        `cache` is a `decode_cache` ring. Returns `(y [B, 1, d], new_cache)`;
         the cost does not depend on how many tokens came before.
         """
         x = ops.cast(x, self.compute_dtype)
         q, k, v, q2 = self.project(x)
         w = self.block_size
-        half = cache["half"][0]
-        start = (0, 0, half * w + ops.convert_to_tensor(index, "int32"), 0)
+        if "half" in cache:
+            slot = cache["half"][0] * w + ops.convert_to_tensor(index, "int32")
+        else:
+            slot = cache["slot"][0]
+        # Write first, then read: the step reads the ring it wrote in place
+        # (reading the old ring and writing a new one would make XLA copy it).
+        start = (0, 0, slot, 0)
         keys = ops.slice_update(
             cache["keys"], start, ops.cast(ops.swapaxes(k, 1, 2), "float32")
         )
         values = ops.slice_update(
             cache["values"], start, ops.cast(ops.swapaxes(v, 1, 2), "float32")
         )
-        self_out = self.self_attention.attend_row(q, keys, values, index, half)
+        if "half" in cache:
+            self_out = self.self_attention.attend_row(
+                q, keys, values, index, cache["half"][0]
+            )
+            new_cache = dict(cache, keys=keys, values=values)
+        else:
+            self_out = self.self_attention.attend_ring(q, keys, values, slot)
+            next_slot = ops.mod(cache["slot"] + 1, w + 1)
+            new_cache = dict(cache, keys=keys, values=values, slot=next_slot)
         cross_out = self.cross_attend(q2, state_kv) if state_kv is not None else None
         y = self.finish(x, self_out, cross_out)
-        return y, dict(cache, keys=keys, values=values)
+        return y, new_cache
 
     def block_keys_values(self, cache):
         """The ring in time order, previous block first: `[B, 2W, H, Dh]`
-        keys and values (what the recurrent cell reads at a block's end)."""
+        keys and values (what the recurrent cell reads at a block's end;
+        needs `decode_cache(..., keep_previous_block=True)`)."""
         w = self.block_size
         out = []
         for ring in (cache["keys"], cache["values"]):
@@ -347,7 +378,10 @@ class SlidingWindowLayer(keras.layers.Layer):
         """After the W-th token of a block: the block just written becomes
         the previous one and the next block writes the other half. `when`:
         optional scalar bool tensor; the ring flips only where it is true
-        (a select on one integer, not a branch over the cache)."""
+        (a select on one integer, not a branch over the cache). A window
+        ring needs nothing: it has no blocks."""
+        if "half" not in cache:
+            return cache
         half = cache["half"]
         flipped = 1 - half
         return dict(

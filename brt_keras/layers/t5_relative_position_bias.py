@@ -35,6 +35,13 @@ def relative_position_buckets(num_queries, num_keys, num_buckets=32, max_distanc
     return np.where(n < max_exact, n, large).astype(np.int32)
 
 
+def distance_buckets(max_n, num_buckets=32, max_distance=128):
+    """The bucket of each distance n = 0 .. max_n (a key n tokens before its
+    query), as `relative_position_buckets` assigns it: int32 `[max_n + 1]`."""
+    row = relative_position_buckets(1, max_n + 1, num_buckets, max_distance)[0]
+    return row[::-1].copy()  # the last key is at distance 0
+
+
 @keras.saving.register_keras_serializable(package="brt_keras")
 class T5RelativePositionBias(NotQuantized, keras.layers.Layer):
     """Learned per-head bias indexed by bucketed relative distance.
@@ -85,6 +92,15 @@ class T5RelativePositionBias(NotQuantized, keras.layers.Layer):
         if rows is not None:
             buckets = ops.take(buckets, rows, axis=0)
         return ops.take(self.rel_embedding, buckets, axis=1)
+
+    def row(self, distances, max_n):
+        """Bias `[num_heads, K]` for keys at `distances` (int32 `[K]`, each in
+        0 .. `max_n`) before one query: a decoding step whose keys sit in a
+        ring, out of time order."""
+        table = ops.convert_to_tensor(
+            distance_buckets(max_n, self.num_buckets, self.max_distance)
+        )
+        return ops.take(self.rel_embedding, ops.take(table, distances), axis=1)
 
     def get_config(self):
         config = super().get_config()

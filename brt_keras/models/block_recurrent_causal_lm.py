@@ -251,15 +251,19 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
     # === Incremental decoding ===
 
     def decode_cache(self, state):
-        """Per-layer decoding cache from a stream state at a block boundary:
-        a key/value ring holding the previous block and the current block's
-        buffer (`SlidingWindowLayer.decode_cache`), the recurrent state and
-        its keys/values."""
+        """Per-layer decoding cache from a stream state at a block boundary
+        (`SlidingWindowLayer.decode_cache`): a key/value ring of the last
+        W + 1 tokens per sliding-window layer; for a recurrent layer a ring
+        of the previous and the current block (its state update reads both),
+        the recurrent state and its keys/values."""
         cache = {}
         for i, layer in enumerate(self.backbone.transformer_layers):
             s = state[f"layer_{i}"]
-            token_layer = layer.cell.token_layer if hasattr(layer, "cell") else layer
-            c = token_layer.decode_cache(s["keys"], s["values"])
+            recurrent = hasattr(layer, "cell")
+            token_layer = layer.cell.token_layer if recurrent else layer
+            c = token_layer.decode_cache(
+                s["keys"], s["values"], keep_previous_block=recurrent
+            )
             if "recurrent_state" in s:
                 c["recurrent_state"] = s["recurrent_state"]
                 c["state_keys"], c["state_values"] = layer.state_kv(s)
