@@ -9,6 +9,7 @@ child process (`step_time.measure_isolated`, so that memory is returned
 between presets) on the same machine, between the two matmul measurements.
 
     python -m benchmarks.utilisation [--quick] [--setting issue|scaled]
+        [--loss-chunk-tokens 512]
 """
 
 import time
@@ -62,6 +63,13 @@ def main(argv=None):
     parser.add_argument(
         "--dropouts", default="0,0.05", help="dropout rates to measure (0.05 = presets)"
     )
+    parser.add_argument(
+        "--loss-chunk-tokens",
+        type=int,
+        default=None,
+        help="the backbone's opt-in loss_chunk_tokens (the loss computed this many "
+        "positions at a time; same loss and gradients, same FLOPs)",
+    )
     args = parser.parse_args(argv)
     setting = "quick" if args.quick else args.setting
     size, window, tokens = step_time.SETTINGS[setting]
@@ -75,7 +83,14 @@ def main(argv=None):
         for variant in args.presets.split(","):
             common.log(f"[utilisation] {variant} {size} W={window} dropout {dropout}")
             r = step_time.measure_isolated(
-                variant, size, window, tokens, args.steps, args.seed, dropout
+                variant,
+                size,
+                window,
+                tokens,
+                args.steps,
+                args.seed,
+                dropout,
+                chunk=args.loss_chunk_tokens,
             )
             if "error" in r:
                 common.log(f"  failed: {r['error']}")
