@@ -121,3 +121,26 @@ def test_step_memory_breakdown():
     assert np.isclose(parts["per layer"], 0.25)
     assert np.isclose(parts["output layer, logits and their gradients"], 0.9)
     assert np.isclose(parts["fixed cost of the step"], 6.0 - 1.2 - 0.9 - 3.0)
+
+
+def test_utilisation_runs_with_loss_chunks(tmp_path):
+    """`--loss-chunk-tokens` reaches the child's model (the step trains with
+    the chunked loss) and the report counts the same model FLOPs."""
+    from benchmarks import utilisation
+
+    utilisation.main(
+        [
+            "--quick",
+            "--presets",
+            "rec_fixed_skip",
+            "--dropouts",
+            "0",
+            "--loss-chunk-tokens",
+            "8",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
+    (r,) = json.loads((tmp_path / "utilisation.json").read_text())["results"]
+    assert r["loss_chunk_tokens"] == 8 and np.isfinite(r["loss"])
+    assert 0 < r["utilisation"] and r["model_tflops_per_step"] > 0
