@@ -327,8 +327,10 @@ class SlidingWindowLayer(keras.layers.Layer):
     def decode_step(self, x, cache, index, state_kv=None):
         """Processes one token `x [B, 1, d]` at position `index` of its block.
 
-        `cache` is a `decode_cache` ring. Returns `(y [B, 1, d], new_cache)`;
-        the cost does not depend on how many tokens came before.
+        `cache` is a `decode_cache` ring (a window ring keeps its own
+        `slot`; `index` places the token in a 2W ring). Returns
+        `(y [B, 1, d], new_cache)`; the cost does not depend on how many
+        tokens came before.
         """
         x = ops.cast(x, self.compute_dtype)
         q, k, v, q2 = self.project(x)
@@ -337,8 +339,8 @@ class SlidingWindowLayer(keras.layers.Layer):
             slot = cache["half"][0] * w + ops.convert_to_tensor(index, "int32")
         else:
             slot = cache["slot"][0]
-        # Write first, then read: the step reads the ring it wrote in place
-        # (reading the old ring and writing a new one would make XLA copy it).
+        # Write first, then read: nothing needs the ring as it was before the
+        # write, so XLA can update it in place.
         start = (0, 0, slot, 0)
         keys = ops.slice_update(
             cache["keys"], start, ops.cast(ops.swapaxes(k, 1, 2), "float32")
