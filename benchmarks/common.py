@@ -443,6 +443,25 @@ def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
+def add_isolated_args(parser):
+    """The hidden flags through which `run_isolated` calls a benchmark."""
+    import argparse
+
+    parser.add_argument("--_single", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_single-out", default=None, help=argparse.SUPPRESS)
+
+
+def run_if_isolated(args, fn):
+    """In a child started by `run_isolated`: writes `fn(*spec)` to the
+    result file and returns True; otherwise returns False."""
+    if not args._single:
+        return False
+    result = fn(*json.loads(args._single))
+    with open(args._single_out, "w") as f:
+        json.dump(result, f)
+    return True
+
+
 def run_isolated(module, spec):
     """Runs `python -m <module> --_single <json spec>` in a fresh process, so
     memory is returned between runs and a run killed for memory is recorded,

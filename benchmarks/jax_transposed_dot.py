@@ -14,8 +14,6 @@ JAX-specific and monkeypatches Keras, so it is not model code).
     KERAS_BACKEND=jax taskset -c 1 python -m benchmarks.jax_transposed_dot
 """
 
-import argparse
-import json
 import os
 
 from benchmarks import common
@@ -72,12 +70,9 @@ def single(patched, steps, quick):
 def main(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--_single", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--_single-out", default=None, help=argparse.SUPPRESS)
+    common.add_isolated_args(parser)
     args = parser.parse_args(argv)
-    if args._single:
-        with open(args._single_out, "w") as f:
-            json.dump(single(*json.loads(args._single)), f)
+    if common.run_if_isolated(args, single):
         return
     os.environ.setdefault("KERAS_BACKEND", "jax")
     rows, runs = [], {}

@@ -15,7 +15,6 @@ model, compilation and a warm-up segment included.
     python -m benchmarks.scaling [--quick] [--lengths 4096,...,65536]
 """
 
-import argparse
 import time
 
 import numpy as np
@@ -95,14 +94,9 @@ def main(argv=None):
         default="1024,2048,4096",
         help="lengths for the full-attention model (O(T^2) memory)",
     )
-    parser.add_argument("--_single", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--_single-out", default=None, help=argparse.SUPPRESS)
+    common.add_isolated_args(parser)
     args = parser.parse_args(argv)
-    if args._single:
-        import json
-
-        with open(args._single_out, "w") as f:
-            json.dump(run_one(*json.loads(args._single)), f)
+    if common.run_if_isolated(args, run_one):
         return
     if args.quick:
         args.size, args.lengths, args.full_lengths = "tiny", "64,128,256,512", "64,128"

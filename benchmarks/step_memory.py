@@ -31,8 +31,6 @@ memory; `MALLOC_MMAP_THRESHOLD_=131072` in the environment lowers the
 first (compile) peak too.
 """
 
-import argparse
-import json
 import resource
 
 import numpy as np
@@ -163,16 +161,13 @@ def parser():
         help="the backbone's loss_chunk_tokens (default None: full logits)",
     )
     p.add_argument("--few-layers", type=int, default=4)
-    p.add_argument("--_single", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--_single-out", default=None, help=argparse.SUPPRESS)
+    common.add_isolated_args(p)
     return p
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    if args._single:
-        with open(args._single_out, "w") as f:
-            json.dump(measure(*json.loads(args._single)), f)
+    if common.run_if_isolated(args, measure):
         return
     if args.quick:
         args.size, args.tokens, args.few_layers = "tiny", 64, 1

@@ -205,12 +205,6 @@ def plot(all_rows, out_dir):
     return common.save_figure(fig, "step_time", out_dir)
 
 
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
-
-
 def main(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument(
@@ -245,14 +239,9 @@ def main(argv=None):
         help="the backbone's loss_chunk_tokens: the loss without the full "
         "[B, L, V] logits (default: full logits, the reference)",
     )
-    parser.add_argument("--_single", default=None, help=argparse_suppress())
-    parser.add_argument("--_single-out", default=None, help=argparse_suppress())
+    common.add_isolated_args(parser)
     args = parser.parse_args(argv)
-    if args._single:
-        import json
-
-        with open(args._single_out, "w") as f:
-            json.dump(measure(*json.loads(args._single)), f)
+    if common.run_if_isolated(args, measure):
         return
 
     # (label, setting, presets, dropout); dropout None = the presets' 0.05.
