@@ -64,7 +64,7 @@ clean:
 # Benchmarks (benchmarks/README.md): tables on stdout, JSON + PNG in
 # benchmarks/results/. `make bench BENCH_FLAGS=--quick` for a smoke run.
 BENCH_FLAGS ?=
-BENCH_SCRIPTS := step_time step_memory utilisation scaling generation decoding quant_matvec jax_vs_tf peer_pytorch \
+BENCH_SCRIPTS := step_time step_memory utilisation attention_chunks scaling generation decoding quant_matvec jax_vs_tf peer_pytorch \
 	long_range_recall memory_value corpus_ranking profile_step data_throughput
 bench: venv
 	for s in $(BENCH_SCRIPTS); do \

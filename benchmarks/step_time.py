@@ -21,6 +21,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import flops as flops_lib
+from brt_keras.layers.sliding_window_attention import resolve_query_chunk_size
 from brt_keras.models import presets
 
 KEY_PRESETS = ("slide_13", "rec_fixed_skip", "xl_2048", "xl_512")
@@ -42,6 +43,7 @@ def measure(
     dropout=None,
     remat=False,
     loss_chunk_tokens=None,
+    query_chunk_size=None,
 ):
     """Compile time, per-step seconds and peak resident memory of one
     preset's train step (the peak is the process's: run it isolated)."""
@@ -56,6 +58,8 @@ def measure(
         overrides["remat"] = True if remat in (True, "attention") else remat
     if loss_chunk_tokens:
         overrides["loss_chunk_tokens"] = loss_chunk_tokens
+    if query_chunk_size:
+        overrides["query_chunk_size"] = query_chunk_size
     lm = common.build_lm(variant, size, window=window, **overrides)
     segment = lm.segment_length
     batch = max(1, tokens // segment)
@@ -98,6 +102,7 @@ def measure(
         "dropout": lm.backbone.dropout,
         "remat": remat or False,
         "loss_chunk_tokens": lm.backbone.loss_chunk_tokens,
+        "query_chunk_size": resolve_query_chunk_size(b.query_chunk_size, b.block_size),
         # ru_maxrss is in KiB on Linux: the whole process, compile included.
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_accelerator_gib": peak_accelerator_gib(),
@@ -119,11 +124,21 @@ def peak_accelerator_gib():
 
 
 def measure_isolated(
-    variant, size, window, tokens, steps, seed, dropout, remat=False, chunk=None
+    variant,
+    size,
+    window,
+    tokens,
+    steps,
+    seed,
+    dropout,
+    remat=False,
+    chunk=None,
+    query_chunk_size=None,
 ):
     """`measure` in a fresh process: memory is returned between presets and
     a preset that is killed (out of memory) is recorded, not fatal."""
     spec = [variant, size, window, tokens, steps, seed, dropout, remat, chunk]
+    spec.append(query_chunk_size)
     result, error = common.run_isolated("benchmarks.step_time", spec)
     if error:
         return {
@@ -137,13 +152,31 @@ def measure_isolated(
     return result
 
 
-def run_setting(name, variants, steps, seed, dropout=None, remat=False, chunk=None):
+def run_setting(
+    name,
+    variants,
+    steps,
+    seed,
+    dropout=None,
+    remat=False,
+    chunk=None,
+    query_chunk_size=None,
+):
     size, window, tokens = SETTINGS[name]
     rows = []
     for variant in variants:
         common.log(f"[step_time:{name}] {variant} ({size}, W={window}) ...")
         r = measure_isolated(
-            variant, size, window, tokens, steps, seed, dropout, remat, chunk
+            variant,
+            size,
+            window,
+            tokens,
+            steps,
+            seed,
+            dropout,
+            remat,
+            chunk,
+            query_chunk_size,
         )
         r["setting"] = name
         if "error" in r:
@@ -239,6 +272,13 @@ def main(argv=None):
         help="the backbone's loss_chunk_tokens: the loss without the full "
         "[B, L, V] logits (default: full logits, the reference)",
     )
+    parser.add_argument(
+        "--query-chunk-size",
+        type=int,
+        default=None,
+        help="the backbone's query_chunk_size (default: the model's, 128 where "
+        "it divides W; W = the reference's [W, 2W] attention tiles)",
+    )
     common.add_isolated_args(parser)
     args = parser.parse_args(argv)
     if common.run_if_isolated(args, measure):
@@ -280,9 +320,12 @@ def main(argv=None):
             dropout,
             args.remat,
             args.loss_chunk_tokens,
+            args.query_chunk_size,
         )
         if args.loss_chunk_tokens:
             label += f" loss chunk {args.loss_chunk_tokens}"
+        if args.query_chunk_size:
+            label += f" query chunk {args.query_chunk_size}"
         for r in rows:
             r["setting"] = label
         all_rows.extend(rows)

@@ -70,6 +70,14 @@ def main(argv=None):
         help="the backbone's opt-in loss_chunk_tokens (the loss computed this many "
         "positions at a time; same loss and gradients, same FLOPs)",
     )
+    parser.add_argument(
+        "--query-chunk-size",
+        type=int,
+        default=None,
+        help="the backbone's query_chunk_size (default: the model's, 128 where it "
+        "divides W; W = the reference's [W, 2W] attention tiles, same FLOPs "
+        "counted either way)",
+    )
     args = parser.parse_args(argv)
     setting = "quick" if args.quick else args.setting
     size, window, tokens = step_time.SETTINGS[setting]
@@ -91,6 +99,7 @@ def main(argv=None):
                 args.seed,
                 dropout,
                 chunk=args.loss_chunk_tokens,
+                query_chunk_size=args.query_chunk_size,
             )
             if "error" in r:
                 common.log(f"  failed: {r['error']}")
@@ -124,6 +133,11 @@ def main(argv=None):
     ]
     if args.loss_chunk_tokens:
         notes.append(f"loss_chunk_tokens={args.loss_chunk_tokens}")
+    notes.append(
+        "attention query chunks: "
+        + ", ".join(sorted({str(r["query_chunk_size"]) for r in results}))
+        + " (the model FLOPs count [W, 2W] tiles whatever the chunk)"
+    )
     notes.append(
         "dense matmul GFLOP/s by n, before: "
         + ", ".join(f"{n}: {f / 1e9:.0f}" for n, f in before.items())

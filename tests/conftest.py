@@ -30,6 +30,40 @@ def random_ids(batch, length, vocabulary_size=260, seed=0):
     return np.random.default_rng(seed).integers(1, vocabulary_size, (batch, length))
 
 
+def loss_and_grads(lm, ids, seed_state):
+    """Training-mode loss and its gradients w.r.t. every trainable variable,
+    with the dropout seed generators reset to `seed_state` first."""
+    for variable, value in zip(lm.non_trainable_variables, seed_state):
+        variable.assign(value)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+
+    def loss_fn():
+        logits = lm(inputs, training=True)
+        return keras.ops.mean(
+            keras.losses.sparse_categorical_crossentropy(
+                targets, logits, from_logits=True
+            )
+        )
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        grads = tape.gradient(loss, lm.trainable_variables)
+        return float(loss), [np.asarray(g) for g in grads]
+    import jax
+
+    trainable = lm.trainable_variables
+
+    def stateless(values):
+        with keras.StatelessScope(state_mapping=list(zip(trainable, values))):
+            return loss_fn()
+
+    loss, grads = jax.value_and_grad(stateless)([v.value for v in trainable])
+    return float(loss), [np.asarray(g) for g in grads]
+
+
 def pytest_collection_modifyitems(config, items):
     """Slow (multi-process, training) files first: `make test` spreads whole
     files over two pytest-xdist workers, and starting the longest ones first

@@ -144,3 +144,33 @@ def test_utilisation_runs_with_loss_chunks(tmp_path):
     (r,) = json.loads((tmp_path / "utilisation.json").read_text())["results"]
     assert r["loss_chunk_tokens"] == 8 and np.isfinite(r["loss"])
     assert 0 < r["utilisation"] and r["model_tflops_per_step"] > 0
+
+
+def test_attention_chunks_runs_and_chunks_agree(tmp_path):
+    from benchmarks import attention_chunks
+
+    attention_chunks.main(["--quick", "--out-dir", str(tmp_path)])
+    rows = json.loads((tmp_path / "attention_chunks.json").read_text())["table"]["rows"]
+    assert [r[1] for r in rows] == [16, 8, 4]
+    assert [r[2] for r in rows] == [1.0, 0.75, 0.625]  # logits vs [W, 2W]
+    assert all(r[-1] < 1e-5 for r in rows)  # same loss to round-off
+
+
+def test_utilisation_passes_the_query_chunk_size(tmp_path):
+    from benchmarks import utilisation
+
+    utilisation.main(
+        [
+            "--quick",
+            "--presets",
+            "slide_13",
+            "--dropouts",
+            "0",
+            "--query-chunk-size",
+            "4",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
+    (r,) = json.loads((tmp_path / "utilisation.json").read_text())["results"]
+    assert r["query_chunk_size"] == 4 and np.isfinite(r["loss"])

@@ -34,14 +34,17 @@ SIZES = dict(
 ATOL = 1e-5
 
 
-def build(name):
+def build(name, **options):
     g = golden(name)
-    return g, BlockRecurrentCausalLM.from_meliad(g, **SIZES, **MODELS[name])
+    return g, BlockRecurrentCausalLM.from_meliad(g, **SIZES, **MODELS[name], **options)
 
 
+# query_chunk_size 2: every block's 8 queries in chunks of 2 against 10 keys
+# each (`SlidingWindowAttention`), not the reference's one [8, 16] tile.
+@pytest.mark.parametrize("query_chunk_size", [None, 2])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_logits_and_state_match_reference(name):
-    g, lm = build(name)
+def test_logits_and_state_match_reference(name, query_chunk_size):
+    g, lm = build(name, query_chunk_size=query_chunk_size)
     state = lm.get_initial_state(2)
     for seg in (1, 2):
         logits, state = lm.call_with_state(

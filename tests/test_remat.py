@@ -4,45 +4,12 @@ gradients (dropout masks included)."""
 import keras
 import numpy as np
 import pytest
+from conftest import loss_and_grads
 from conftest import random_ids
 
 from brt_keras import BlockRecurrentCausalLM
 
 pytestmark = pytest.mark.model
-
-
-def loss_and_grads(lm, ids, seed_state):
-    """Training-mode loss and its gradients w.r.t. every trainable variable,
-    with the dropout seed generators reset to `seed_state` first."""
-    for variable, value in zip(lm.non_trainable_variables, seed_state):
-        variable.assign(value)
-    inputs, targets = ids[:, :-1], ids[:, 1:]
-
-    def loss_fn():
-        logits = lm(inputs, training=True)
-        return keras.ops.mean(
-            keras.losses.sparse_categorical_crossentropy(
-                targets, logits, from_logits=True
-            )
-        )
-
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            loss = loss_fn()
-        grads = tape.gradient(loss, lm.trainable_variables)
-        return float(loss), [np.asarray(g) for g in grads]
-    import jax
-
-    trainable = lm.trainable_variables
-
-    def stateless(values):
-        with keras.StatelessScope(state_mapping=list(zip(trainable, values))):
-            return loss_fn()
-
-    loss, grads = jax.value_and_grad(stateless)([v.value for v in trainable])
-    return float(loss), [np.asarray(g) for g in grads]
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,8 @@ class BlockRecurrentCell(keras.layers.Layer):
             temperature_lr_multiplier: every attention temperature's
             initial value and parameterization (reference: 1.0, "linear",
             1.0); see `attention_ops.add_temperature`.
+        remat, query_chunk_size: how the attention core is computed in
+            training (same values); see `SlidingWindowAttention`.
 
     Example:
     >>> cell = BlockRecurrentCell(64, 4, 16, 128, block_size=8, num_states=8)
@@ -82,6 +84,7 @@ class BlockRecurrentCell(keras.layers.Layer):
         temperature_parameterization="linear",
         temperature_lr_multiplier=1.0,
         remat=False,
+        query_chunk_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -104,6 +107,7 @@ class BlockRecurrentCell(keras.layers.Layer):
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
         self.remat = remat
+        self.query_chunk_size = query_chunk_size
         width = num_heads * head_dim
         self.state_size = [
             (num_states, hidden_dim),
@@ -126,6 +130,7 @@ class BlockRecurrentCell(keras.layers.Layer):
             temperature_parameterization=temperature_parameterization,
             temperature_lr_multiplier=temperature_lr_multiplier,
             remat=remat,
+            query_chunk_size=query_chunk_size,
             dtype=token_dtype or self.dtype_policy,
             name="tbase",
         )
@@ -322,5 +327,6 @@ class BlockRecurrentCell(keras.layers.Layer):
             temperature_parameterization=self.temperature_parameterization,
             temperature_lr_multiplier=self.temperature_lr_multiplier,
             remat=self.remat,
+            query_chunk_size=self.query_chunk_size,
         )
         return config

@@ -54,6 +54,7 @@ class BlockRecurrentLayer(keras.layers.Layer):
         temperature_parameterization="linear",
         temperature_lr_multiplier=1.0,
         remat=False,
+        query_chunk_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -72,6 +73,7 @@ class BlockRecurrentLayer(keras.layers.Layer):
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
         self.remat = remat
+        self.query_chunk_size = query_chunk_size
         policy = self.dtype_policy
         mixed = policy.compute_dtype != "float32"
         # The cell (hence the RNN's state casts) runs in float32 so the state
@@ -102,6 +104,7 @@ class BlockRecurrentLayer(keras.layers.Layer):
             temperature_parameterization=temperature_parameterization,
             temperature_lr_multiplier=temperature_lr_multiplier,
             remat=remat,
+            query_chunk_size=query_chunk_size,
             dtype=cell_dtype,
             name="cell",
         )
@@ -272,5 +275,6 @@ class BlockRecurrentLayer(keras.layers.Layer):
             temperature_parameterization=self.temperature_parameterization,
             temperature_lr_multiplier=self.temperature_lr_multiplier,
             remat=self.remat,
+            query_chunk_size=self.query_chunk_size,
         )
         return config

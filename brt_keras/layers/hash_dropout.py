@@ -73,7 +73,13 @@ class HashDropout(NotQuantized, keras.layers.Dropout):
         shape = ops.shape(inputs)
         if self.noise_shape is not None:
             shape = [s if n is None else n for n, s in zip(self.noise_shape, shape)]
+        return inputs * self.keep_scale(tuple(shape), seed, inputs.dtype)
+
+    def keep_scale(self, shape, seed=None, dtype="float32"):
+        """The mask `call` multiplies by: `0` or `1 / (1 - rate)` of `shape`.
+
+        For a caller that lays the mask out itself (the sliding-window
+        attention cuts one `[H, W, 2W]` mask into its query chunks)."""
         seed = self.seed_generator.next() if seed is None else seed
         keep = hash_uniform(tuple(shape), seed) >= self.rate
-        scale = ops.cast(keep, inputs.dtype) / ops.cast(1.0 - self.rate, inputs.dtype)
-        return inputs * scale
+        return ops.cast(keep, dtype) / ops.cast(1.0 - self.rate, dtype)

@@ -26,6 +26,61 @@ def sliding_window_mask(block_size):
     return (rel >= -block_size) & (rel <= -1)
 
 
+def resolve_query_chunk_size(query_chunk_size, block_size):
+    """The number of queries per attention tile for a `query_chunk_size`
+    setting: None picks 128 where it divides W (measured fastest on CPU for
+    W = 512 and 2048, `benchmarks/attention_chunks.py`), else W (one
+    `[W, 2W]` tile per block, the reference's layout)."""
+    if query_chunk_size is None:
+        return 128 if block_size % 128 == 0 else block_size
+    if (
+        not isinstance(query_chunk_size, int)
+        or query_chunk_size <= 0
+        or block_size % query_chunk_size
+    ):
+        raise ValueError(
+            f"query_chunk_size={query_chunk_size!r} must be a positive divisor of "
+            f"block_size={block_size} (or None to choose one); e.g. "
+            f"{block_size} (one tile per block) or {max(1, block_size // 4)}."
+        )
+    return query_chunk_size
+
+
+def query_chunk_windows(x, previous, chunk_size, block_size):
+    """The keys (or values) each chunk of `chunk_size` queries can see.
+
+    Args:
+        x: `[B, N*W, H, Dh]`, a segment's keys.
+        previous: `[B, W, H, Dh]`, the block before the segment.
+
+    Returns:
+        `[B, N, W/C, W + C, H, Dh]`: for chunk j of block t, the W + C keys
+        that start W tokens before the chunk (the last one lies after every
+        query of the chunk and is always masked). With C = W this is the
+        reference's tile: the previous block, then the current one.
+    """
+    b, length, h, dh = ops.shape(x)
+    c, w = chunk_size, block_size
+    chunks = length // c
+    extended = ops.reshape(
+        ops.concatenate([previous, x], axis=1), (b, chunks + w // c, c, h, dh)
+    )
+    # Chunk g's window is stored chunks g .. g + W/C of the extended sequence.
+    windows = ops.concatenate(
+        [extended[:, i : i + chunks] for i in range(w // c + 1)], axis=2
+    )
+    return ops.reshape(windows, (b, length // w, w // c, w + c, h, dh))
+
+
+def chunk_tile(tile, chunk_size, block_size):
+    """`[..., W, 2W]` block tile -> `[W/C, ..., C, W + C]` per-chunk tiles
+    (chunk j's rows jC..jC+C-1 and the W + C columns from jC)."""
+    c, w = chunk_size, block_size
+    return ops.stack(
+        [tile[..., j * c : (j + 1) * c, j * c : j * c + w + c] for j in range(w // c)]
+    )
+
+
 def check_remat(remat):
     """Validates a `remat` setting: False (the reference: keep every activation),
     True or `"attention"` (recompute each attention core in the backward pass),
@@ -79,6 +134,13 @@ class SlidingWindowAttention(keras.layers.Layer):
             much less memory at large W (`xl_2048`). Default False (the
             reference keeps them). A caller that rematerialises a whole layer
             passes `seed` instead, and the core is then computed plainly.
+        query_chunk_size: int dividing W, or None (default: 128 where it
+            divides W, else W). Queries are scored in chunks of C against
+            the W + C keys their windows span instead of a block's 2W, so the
+            tiles hold (W + C) / 2W of the logits (0.625 at W = 512) and
+            skip work that the mask throws away. The same function to float
+            round-off, dropout included (one `[H, W, 2W]` mask per call, cut
+            into the chunks); C = W is the reference's `[W, 2W]` tile.
 
     Call arguments:
         queries, keys, values: `[B, N*W, H, Dh]` (queries/keys normalised).
@@ -99,9 +161,11 @@ class SlidingWindowAttention(keras.layers.Layer):
         temperature_parameterization="linear",
         temperature_lr_multiplier=1.0,
         remat=False,
+        query_chunk_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        resolve_query_chunk_size(query_chunk_size, block_size)
         check_temperature_options(
             temperature_init, temperature_parameterization, temperature_lr_multiplier
         )
@@ -112,6 +176,7 @@ class SlidingWindowAttention(keras.layers.Layer):
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
         self.remat = check_remat(remat)
+        self.query_chunk_size = query_chunk_size
         self.relative_bias = T5RelativePositionBias(
             num_heads, dtype=self.dtype_policy, name="relative_positions"
         )
@@ -137,11 +202,6 @@ class SlidingWindowAttention(keras.layers.Layer):
             self.temperature_parameterization,
             self.temperature_lr_multiplier,
         )
-
-    def _tile(self):
-        w = self.block_size
-        bias = self.relative_bias.tile(w, 2 * w)
-        return bias, ops.convert_to_tensor(sliding_window_mask(w))
 
     def call(
         self,
@@ -173,38 +233,33 @@ class SlidingWindowAttention(keras.layers.Layer):
     ):
         b, length, h, dh = ops.shape(queries)
         w = self.block_size
-        n = length // w
+        c = resolve_query_chunk_size(self.query_chunk_size, w)
+        # Block t's chunk j holds queries jC .. jC+C-1; it reads the W + C
+        # keys from W tokens before it (block t-1's, the cache's for t = 0).
+        # All chunks of all blocks at once: leading axes [B, N, W/C].
+        k2 = query_chunk_windows(keys, previous_keys, c, w)
+        v2 = query_chunk_windows(values, previous_values, c, w)
+        # Bias and mask depend on (query, key) distance only, so chunk 0's
+        # tile serves every chunk.
+        bias = self.relative_bias.tile(c, w + c)
+        mask = ops.convert_to_tensor(sliding_window_mask(w)[:c, : w + c])
+        drop = None
+        if dropout:
+            # The reference draws one [H, W, 2W] mask per call, shared over
+            # batch and blocks; each chunk takes its rows and columns of it.
+            scale = chunk_tile(self.dropout.keep_scale((h, w, 2 * w), seed), c, w)
 
-        def blocks(x):
-            return ops.reshape(x, (b, n, w, h, dh))
+            def drop(weights, training):
+                return weights * ops.cast(scale, weights.dtype)
 
-        # Every block t reads the keys of block t-1 (the cache for t = 0),
-        # then its own: one [W, 2W] tile per block, all blocks at once.
-        k2 = ops.concatenate(
-            [
-                ops.concatenate([previous_keys[:, None], blocks(keys)[:, :-1]], 1),
-                blocks(keys),
-            ],
-            axis=2,
-        )
-        v2 = ops.concatenate(
-            [
-                ops.concatenate([previous_values[:, None], blocks(values)[:, :-1]], 1),
-                blocks(values),
-            ],
-            axis=2,
-        )
-        bias, mask = self._tile()
         out = attend(
-            blocks(queries),
+            ops.reshape(queries, (b, length // w, w // c, c, h, dh)),
             k2,
             v2,
             self.effective_temperature(),
             bias=bias,
             mask=mask,
-            dropout=(lambda x, training: self.dropout(x, training=training, seed=seed))
-            if dropout
-            else None,
+            dropout=drop,
             training=dropout,
         )
         return ops.reshape(out, (b, length, h, dh))
@@ -267,5 +322,6 @@ class SlidingWindowAttention(keras.layers.Layer):
             temperature_parameterization=self.temperature_parameterization,
             temperature_lr_multiplier=self.temperature_lr_multiplier,
             remat=self.remat,
+            query_chunk_size=self.query_chunk_size,
         )
         return config

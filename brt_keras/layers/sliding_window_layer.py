@@ -55,6 +55,8 @@ class SlidingWindowLayer(keras.layers.Layer):
             temperature_lr_multiplier: every attention temperature's
             initial value and parameterization (reference: 1.0, "linear",
             1.0); see `attention_ops.add_temperature`.
+        remat, query_chunk_size: how the attention core is computed in
+            training (same values); see `SlidingWindowAttention`.
 
     Example:
     >>> layer = SlidingWindowLayer(64, 4, 16, 128, block_size=8)
@@ -78,6 +80,7 @@ class SlidingWindowLayer(keras.layers.Layer):
         temperature_parameterization="linear",
         temperature_lr_multiplier=1.0,
         remat=False,
+        query_chunk_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -85,6 +88,7 @@ class SlidingWindowLayer(keras.layers.Layer):
         self.temperature_parameterization = temperature_parameterization
         self.temperature_lr_multiplier = temperature_lr_multiplier
         self.remat = check_remat(remat)
+        self.query_chunk_size = query_chunk_size
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -120,6 +124,7 @@ class SlidingWindowLayer(keras.layers.Layer):
             temperature_parameterization=temperature_parameterization,
             temperature_lr_multiplier=temperature_lr_multiplier,
             remat=remat,
+            query_chunk_size=query_chunk_size,
             dtype=self.dtype_policy,
             name="self_attention",
         )
@@ -405,5 +410,6 @@ class SlidingWindowLayer(keras.layers.Layer):
             temperature_parameterization=self.temperature_parameterization,
             temperature_lr_multiplier=self.temperature_lr_multiplier,
             remat=self.remat,
+            query_chunk_size=self.query_chunk_size,
         )
         return config

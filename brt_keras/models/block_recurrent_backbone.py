@@ -9,6 +9,7 @@ from brt_keras.layers.block_recurrent_layer import BlockRecurrentLayer
 from brt_keras.layers.readout import check_loss_chunk_tokens
 from brt_keras.layers.rms_norm import RMSNorm
 from brt_keras.layers.sliding_window_attention import check_remat
+from brt_keras.layers.sliding_window_attention import resolve_query_chunk_size
 from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
 from brt_keras.layers.sliding_window_layer import reset_where
 from brt_keras.layers.tiled_dropout import TiledDropout
@@ -76,6 +77,13 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
             (`readout.tied_readout_loss`): same loss and gradients, about
             `[N, V]` float32 buffers less memory. A training setting kept
             here with `remat`; inference always returns logits.
+        query_chunk_size: None (default: 128 where it divides W, else W) or
+            an int dividing W: the sliding-window attention scores chunks of
+            this many queries against the W + C keys their windows span
+            instead of whole `[W, 2W]` blocks (`SlidingWindowAttention`):
+            the same values to float round-off, less work and memory (the
+            attention core's training step runs ~1.9x faster at W = 512 on
+            CPU). W reproduces the reference's tile layout.
 
     Example:
     >>> backbone = BlockRecurrentBackbone(260, 2, 64, 4, 16, 128, 8,
@@ -107,6 +115,7 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
         temperature_lr_multiplier=1.0,
         remat=False,
         loss_chunk_tokens=None,
+        query_chunk_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -129,6 +138,8 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
         self.temperature_lr_multiplier = temperature_lr_multiplier
         self.remat = check_remat(remat)
         self.loss_chunk_tokens = check_loss_chunk_tokens(loss_chunk_tokens)
+        resolve_query_chunk_size(query_chunk_size, block_size)
+        self.query_chunk_size = query_chunk_size
         self.recurrent_indices = sorted({i % num_layers for i in recurrent_layers})
         if self.recurrent_indices and num_states <= 0:
             raise ValueError(
@@ -159,6 +170,7 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
             temperature_parameterization=temperature_parameterization,
             temperature_lr_multiplier=temperature_lr_multiplier,
             remat=remat,
+            query_chunk_size=query_chunk_size,
             dtype=self.dtype_policy,
         )
         self.transformer_layers = []
@@ -323,5 +335,6 @@ class BlockRecurrentBackbone(keras_hub.models.Backbone):
             temperature_lr_multiplier=self.temperature_lr_multiplier,
             remat=self.remat,
             loss_chunk_tokens=self.loss_chunk_tokens,
+            query_chunk_size=self.query_chunk_size,
         )
         return config

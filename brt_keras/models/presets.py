@@ -130,6 +130,7 @@ CONFIG_KEYS = (
     "temperature_lr_multiplier",
     "remat",
     "loss_chunk_tokens",
+    "query_chunk_size",
 )
 
 
