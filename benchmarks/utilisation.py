@@ -74,8 +74,8 @@ def main(argv=None):
         "--query-chunk-size",
         type=int,
         default=None,
-        help="the backbone's query_chunk_size (default: the model's, 128 where it "
-        "divides W; W = the reference's [W, 2W] attention tiles, same FLOPs "
+        help="the backbone's query_chunk_size (default: the model's, W / 4 for W >= "
+        "256; W = the reference's [W, 2W] attention tiles, same FLOPs "
         "counted either way)",
     )
     args = parser.parse_args(argv)

@@ -9,6 +9,8 @@ from conftest import loss_and_grads
 from conftest import random_ids
 
 from brt_keras import BlockRecurrentCausalLM
+from brt_keras.layers import attention_ops
+from brt_keras.layers.attention_ops import sum_leading_axes
 from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
 from brt_keras.layers.sliding_window_attention import query_chunk_windows
 from brt_keras.layers.sliding_window_attention import resolve_query_chunk_size
@@ -99,7 +101,8 @@ def test_chunked_model_matches_outputs_and_gradients(variant):
 
 def test_query_chunk_size_is_a_config_option_and_bad_values_are_refused():
     assert resolve_query_chunk_size(None, 512) == 128
-    assert resolve_query_chunk_size(None, 2048) == 128
+    assert resolve_query_chunk_size(None, 2048) == 512
+    assert resolve_query_chunk_size(None, 128) == 128
     assert resolve_query_chunk_size(None, 8) == 8
     lm = BlockRecurrentCausalLM.from_preset(
         "rec_fixed_skip", size="tiny", query_chunk_size=4
@@ -120,3 +123,39 @@ def test_query_chunk_size_is_a_config_option_and_bad_values_are_refused():
             BlockRecurrentCausalLM.from_preset(
                 "xl_512", size="tiny", query_chunk_size=bad
             )
+
+
+@pytest.mark.parametrize("leading", [(1,), (2, 3), (5, 1, 7)])
+def test_sum_leading_axes_is_the_sum(leading):
+    x = np.random.default_rng(0).normal(size=leading + (2, 3, 4)).astype("float32")
+    got = keras.ops.convert_to_numpy(sum_leading_axes(x, len(leading)))
+    np.testing.assert_allclose(got, x.sum(axis=tuple(range(len(leading)))), rtol=1e-5)
+
+
+@pytest.mark.parametrize("halving", [True, False])
+def test_add_tile_gradient_is_the_broadcast_sum(halving, monkeypatch):
+    """The tile's gradient: the logits' gradient summed over the leading
+    axes, by halves (small tiles) or `ops.sum` (tiles over the threshold)."""
+    monkeypatch.setattr(attention_ops, "HALVING_MAX_TILE", 2**20 if halving else 0)
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 5, 2, 4, 6)).astype("float32")
+    tile = rng.normal(size=(2, 4, 6)).astype("float32")
+    upstream = rng.normal(size=logits.shape).astype("float32")
+
+    def loss(logits, tile):
+        return keras.ops.sum(attention_ops.add_tile(logits, tile) * upstream)
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        d_logits, d_tile = jax.grad(loss, argnums=(0, 1))(logits, tile)
+    else:
+        import tensorflow as tf
+
+        logits, tile = tf.constant(logits), tf.constant(tile)
+        with tf.GradientTape() as tape:
+            tape.watch([logits, tile])
+            value = loss(logits, tile)
+        d_logits, d_tile = tape.gradient(value, [logits, tile])
+    np.testing.assert_allclose(np.asarray(d_logits), upstream)
+    np.testing.assert_allclose(np.asarray(d_tile), upstream.sum(axis=(0, 1)), rtol=1e-5)
