@@ -2,9 +2,14 @@
 
 ``select(argv)`` reads ``--backend`` and ``--cpu_devices`` straight from the
 command line (absl has not parsed it yet) and sets ``KERAS_BACKEND`` and, for
-JAX, ``XLA_FLAGS`` (host devices; ``keep_remat_on_cpu``). The TF logical CPU
-devices are configured by ``configure_tf_devices`` right after TF is
-imported, before any op runs.
+JAX, ``XLA_FLAGS`` (host devices; ``keep_remat_on_cpu``) and glibc's
+allocator settings (``host_malloc_tunables``; a program run as ``__main__``
+restarts itself once so that they take effect). The TF logical CPU devices
+are configured by ``configure_tf_devices`` right after TF is imported, before
+any op runs.
+
+    python -m trainers.backend     # prints the JAX-on-CPU environment, for
+                                   # `model.fit` scripts: eval "$(...)"
 """
 
 from __future__ import annotations
@@ -65,6 +70,67 @@ def keep_remat_on_cpu(environ=None, accelerator_installed=None) -> bool:
     return True
 
 
+# JAX's CPU client takes every buffer and temporary of a step from glibc
+# malloc, and glibc serves big blocks with mmap (in threads' arenas every block
+# over 64 MiB) and gives them back with munmap on free: each step faults its
+# whole working set in again, page by page (`slide_13` `small_37m`: 2.8M minor
+# faults and 24.5 s of system time per step, as much as the arithmetic;
+# benchmarks/README.md "JAX on CPU"). TF's BFC allocator keeps its memory, so
+# TF never pays this. These settings keep freed memory in one heap that is
+# never trimmed: one arena (threads' arenas cannot grow past 64 MiB), blocks
+# below 32 GiB from the heap (the step's temporaries are one block of several
+# GiB), backed by transparent huge pages where the kernel offers them
+# (`madvise` mode). Measured: 52-60 s -> 24-25 s per step, 2 faults, 0.06 s
+# of system time. glibc reads them only when a process starts.
+HOST_MALLOC_TUNABLES = (
+    "glibc.malloc.hugetlb=1"
+    ":glibc.malloc.mmap_threshold=34359738368"
+    ":glibc.malloc.trim_threshold=68719476736"
+    ":glibc.malloc.arena_max=1"
+)
+# Any of these in the environment is the user's own allocator choice
+# (`BRT_DEFAULT_MALLOC=1`: keep glibc's defaults, e.g. to measure them).
+_MALLOC_ENV = (
+    "BRT_DEFAULT_MALLOC",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "LD_PRELOAD",
+)
+
+
+def host_malloc_tunables(environ=None, accelerator_installed=None) -> bool:
+    """Sets ``GLIBC_TUNABLES`` to ``HOST_MALLOC_TUNABLES`` where JAX runs on
+    CPU alone on glibc, unless the user chose malloc settings (or another
+    allocator through ``LD_PRELOAD``, or ``BRT_DEFAULT_MALLOC=1``) already. Takes effect in processes
+    started afterwards. Returns True when it set them."""
+    import platform
+
+    environ = os.environ if environ is None else environ
+    if (
+        "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
+        or any(environ.get(name) for name in _MALLOC_ENV)
+        or platform.libc_ver()[0] != "glibc"
+        or not jax_runs_on_cpu_only(environ, accelerator_installed)
+    ):
+        return False
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    environ["GLIBC_TUNABLES"] = ":".join(filter(None, (tunables, HOST_MALLOC_TUNABLES)))
+    return True
+
+
+def restart_with_host_tunables() -> None:
+    """Re-executes the running program (same interpreter, same command line)
+    with ``host_malloc_tunables`` when they apply and are not in effect yet.
+    For a program's entry point only, before it starts threads or writes
+    anything; once restarted the tunables are set, so it runs once."""
+    if host_malloc_tunables():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def _flag_value(argv, name):
     value = None
     for i, arg in enumerate(argv):
@@ -75,11 +141,13 @@ def _flag_value(argv, name):
     return value
 
 
-def select(argv=None, default=None) -> str:
+def select(argv=None, default=None, main=False) -> str:
     """Sets KERAS_BACKEND from ``--backend`` (else ``default``, else the
     environment, else ``tensorflow``, or the backend recorded in the
     ``--model_dir`` config); returns it. Exits with a clear message when Keras
-    was already imported with another backend."""
+    was already imported with another backend. ``main``: the caller is the
+    program being run (``__name__ == "__main__"``), which may restart itself
+    for ``restart_with_host_tunables`` on JAX; never in-process callers."""
     argv = sys.argv if argv is None else argv
     backend = _flag_value(argv, "backend")
     if backend is None and default is None:
@@ -103,6 +171,8 @@ def select(argv=None, default=None) -> str:
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if backend == "jax":
+        if main:
+            restart_with_host_tunables()
         keep_remat_on_cpu()
     cpu_devices = _flag_value(argv, "cpu_devices")
     if backend == "jax" and cpu_devices and int(cpu_devices) > 1:
@@ -131,3 +201,13 @@ def configure_tf_devices(cpu_devices: int):
             "--cpu_devices must be configured before TensorFlow runs any op; "
             "run the trainer as a fresh process."
         ) from e
+
+
+if __name__ == "__main__":
+    # The environment the trainers give JAX on CPU, for scripts of your own:
+    #   eval "$(python -m trainers.backend)"; KERAS_BACKEND=jax python fit.py
+    env = dict(os.environ)
+    if host_malloc_tunables(env):
+        print(f"export GLIBC_TUNABLES='{env['GLIBC_TUNABLES']}'")
+    else:
+        print("# nothing to set: not JAX on CPU with glibc, or malloc settings chosen")

@@ -25,7 +25,7 @@ See trainers/scoring.py for the definitions.
 
 from trainers import backend as _backend
 
-_backend.select()
+_backend.select(main=__name__ == "__main__")
 
 import json  # noqa: E402
 import math  # noqa: E402

@@ -19,7 +19,7 @@ and a copy of the ``.keras`` file. The export runs on the TensorFlow backend
 
 from trainers import backend as _backend
 
-_backend.select(default="tensorflow")
+_backend.select(default="tensorflow", main=__name__ == "__main__")
 
 import contextlib  # noqa: E402
 import json  # noqa: E402

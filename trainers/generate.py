@@ -12,7 +12,7 @@ shipped in `brt_keras/presets/` or a preset directory. Both go through
 
 from trainers import backend as _backend
 
-_backend.select()
+_backend.select(main=__name__ == "__main__")
 
 import os  # noqa: E402
 import sys  # noqa: E402

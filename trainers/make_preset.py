@@ -14,7 +14,7 @@ alone unless `--overwrite`; the new one is written aside and moved in whole.
 
 from trainers import backend as _backend
 
-_backend.select()
+_backend.select(main=__name__ == "__main__")
 
 import json  # noqa: E402
 import os  # noqa: E402

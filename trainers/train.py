@@ -23,7 +23,7 @@ resumes exactly there.
 
 from trainers import backend as _backend
 
-_backend.select()
+_backend.select(main=__name__ == "__main__")
 
 import contextlib  # noqa: E402
 import json  # noqa: E402
