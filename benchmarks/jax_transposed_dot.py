@@ -56,13 +56,13 @@ def patch_dense():
     keras.layers.Dense.call = call
 
 
-def single(patched, steps, quick):
+def single(patched, steps, quick, preset="rec_fixed_skip"):
     if common.backend() != "jax":
         raise SystemExit("run with KERAS_BACKEND=jax")
     if patched:
         patch_dense()
     size, window, tokens = step_time.SETTINGS["quick" if quick else "issue"]
-    r = step_time.measure("rec_fixed_skip", size, window, tokens, steps, dropout=0.0)
+    r = step_time.measure(preset, size, window, tokens, steps, dropout=0.0)
     r["patched_dense"] = patched
     return r
 
@@ -70,6 +70,7 @@ def single(patched, steps, quick):
 def main(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--preset", default="rec_fixed_skip")
     common.add_isolated_args(parser)
     args = parser.parse_args(argv)
     if common.run_if_isolated(args, single):
@@ -81,7 +82,7 @@ def main(argv=None):
         common.log(f"[jax_transposed_dot] {label} ...")
         steps = min(args.steps, 2) if args.quick else args.steps
         r, error = common.run_isolated(
-            "benchmarks.jax_transposed_dot", [patched, steps, args.quick]
+            "benchmarks.jax_transposed_dot", [patched, steps, args.quick, args.preset]
         )
         if error:
             raise SystemExit(f"{label}: {error}")
@@ -98,7 +99,7 @@ def main(argv=None):
         {"runs": runs},
         args.out_dir,
         [
-            f"rec_fixed_skip {r['size']}, {r['tokens_per_step']} tokens/step, "
+            f"{args.preset} {r['size']}, {r['tokens_per_step']} tokens/step, "
             f"dropout 0, median of {steps} steps; compare with TensorFlow's "
             "step_time"
         ],
