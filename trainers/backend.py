@@ -75,7 +75,7 @@ def keep_remat_on_cpu(environ=None, accelerator_installed=None) -> bool:
 # over 64 MiB) and gives them back with munmap on free: each step faults its
 # whole working set in again, page by page (`slide_13` `small_37m`: 2.8M minor
 # faults and 24.5 s of system time per step, as much as the arithmetic;
-# benchmarks/README.md "JAX on CPU"). TF's BFC allocator keeps its memory, so
+# benchmarks/README.md, jax_vs_tf). TF's BFC allocator keeps its memory, so
 # TF never pays this. These settings keep freed memory in one heap that is
 # never trimmed: one arena (threads' arenas cannot grow past 64 MiB), blocks
 # below 32 GiB from the heap (the step's temporaries are one block of several
@@ -102,9 +102,10 @@ _MALLOC_ENV = (
 
 def host_malloc_tunables(environ=None, accelerator_installed=None) -> bool:
     """Sets ``GLIBC_TUNABLES`` to ``HOST_MALLOC_TUNABLES`` where JAX runs on
-    CPU alone on glibc, unless the user chose malloc settings (or another
-    allocator through ``LD_PRELOAD``, or ``BRT_DEFAULT_MALLOC=1``) already. Takes effect in processes
-    started afterwards. Returns True when it set them."""
+    CPU alone on glibc, unless the user chose malloc settings already (or
+    another allocator through ``LD_PRELOAD``, or ``BRT_DEFAULT_MALLOC=1``).
+    Takes effect in processes started afterwards. Returns True when it set
+    them."""
     import platform
 
     environ = os.environ if environ is None else environ

@@ -12,6 +12,7 @@ from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
 from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
 from brt_keras.layers.t5_relative_position_bias import T5RelativePositionBias
 from brt_keras.layers.tiled_dropout import TiledDropout
+from brt_keras.layers.token_dense import TokenDense
 
 __all__ = [
     "BlockRNN",
@@ -25,5 +26,6 @@ __all__ = [
     "SlidingWindowLayer",
     "T5RelativePositionBias",
     "TiledDropout",
+    "TokenDense",
     "tied_readout",
 ]

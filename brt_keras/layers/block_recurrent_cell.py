@@ -18,6 +18,7 @@ from brt_keras.layers.recurrent_gate import RecurrentGate
 from brt_keras.layers.rms_norm import RMSNorm
 from brt_keras.layers.sliding_window_layer import SlidingWindowLayer
 from brt_keras.layers.sliding_window_layer import dense_initializer
+from brt_keras.layers.token_dense import TokenDense
 
 GATE_VARIANTS = ("skip", "dual", "single")
 
@@ -145,7 +146,7 @@ class BlockRecurrentCell(keras.layers.Layer):
         )
 
         def dense(units, name, activation=None):
-            return keras.layers.Dense(
+            return TokenDense(
                 units,
                 activation=activation,
                 use_bias=False,

@@ -5,6 +5,7 @@ from keras import ops
 
 from brt_keras.layers.not_quantized import NotQuantized
 from brt_keras.layers.sliding_window_layer import dense_initializer
+from brt_keras.layers.token_dense import TokenDense
 
 GATE_TYPES = ("fixed", "lstm")
 
@@ -54,7 +55,7 @@ class RecurrentGate(NotQuantized, keras.layers.Layer):
         else:
 
             def dense(name):
-                return keras.layers.Dense(
+                return TokenDense(
                     units,
                     kernel_initializer=dense_initializer(0.1),
                     bias_initializer=bias_init,

@@ -12,6 +12,7 @@ from brt_keras.layers.rms_norm import RMSNorm
 from brt_keras.layers.sliding_window_attention import SlidingWindowAttention
 from brt_keras.layers.sliding_window_attention import check_remat
 from brt_keras.layers.tiled_dropout import TiledDropout
+from brt_keras.layers.token_dense import TokenDense
 
 
 def dense_initializer(scale=1.0):
@@ -99,7 +100,7 @@ class SlidingWindowLayer(keras.layers.Layer):
         self.attention_dropout = attention_dropout
 
         def dense(units, name, activation=None):
-            return keras.layers.Dense(
+            return TokenDense(
                 units,
                 activation=activation,
                 use_bias=False,
