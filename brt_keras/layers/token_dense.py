@@ -35,3 +35,9 @@ class TokenDense(keras.layers.Dense):
         tokens = ops.reshape(inputs, (-1, inputs.shape[-1]))
         outputs = super().call(tokens, training=training)
         return ops.reshape(outputs, (*leading, self.units))
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        # Keras refuses subclasses of Dense (their `call` may differ); this
+        # one changes only the float path, and a quantized layer runs
+        # Dense's own `quantized_call`.
+        super().quantize(mode, type_check=False, config=config)
