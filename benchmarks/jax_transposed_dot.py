@@ -11,7 +11,13 @@ before the weight-gradient dot (so XLA cannot fold the transpose back into
 the dot). Same arithmetic; the patch lives only in this benchmark (it is
 JAX-specific and monkeypatches Keras, so it is not model code).
 
-    KERAS_BACKEND=jax taskset -c 1 python -m benchmarks.jax_transposed_dot
+    KERAS_BACKEND=jax taskset -c 1 python -m benchmarks.jax_transposed_dot [--preset slide_13]
+
+Found with it (2026-12-04): the slow product was the gradient of a 3-D
+`Dense` (`[B, L, d] @ [d, f]`), which JAX's XLA:CPU compiles as a transposed
+copy plus an Eigen dot; the model's projections are now `TokenDense`
+(`brt_keras/layers/token_dense.py`, one `[B*L, d]` product, plain `keras.ops`),
+which gives the same fast form without this patch.
 """
 
 import os
