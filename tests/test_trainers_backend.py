@@ -42,22 +42,9 @@ print(json.dumps({"plain": temp_bytes(False), "layer": temp_bytes("layer")}))
 
 
 def _jax_temp_bytes():
-    import json
-    import os
-    import subprocess
-    import sys
+    from trainers import testing
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run(
-        [sys.executable, "-c", _JAX_REMAT_MEMORY],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return testing.run_json_script(_JAX_REMAT_MEMORY)
 
 
 def test_remat_saves_memory_on_jax_cpu():
@@ -115,28 +102,11 @@ print(json.dumps({"faults": faults, "tunables": os.environ.get("GLIBC_TUNABLES")
 
 
 def _jax_page_faults(**env):
-    import json
-    import os
-    import subprocess
-    import sys
+    from trainers import testing
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("GLIBC_TUNABLES", "BRT_DEFAULT_MALLOC")
-        and not k.startswith("MALLOC_")
-    }
-    base.update(PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", **env)
-    out = subprocess.run(
-        [sys.executable, "-c", _JAX_PAGE_FAULTS],
-        cwd=root,
-        env=base,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # Starts from glibc's defaults whatever the test runner was started with.
+    drop = ("GLIBC_TUNABLES", "BRT_DEFAULT_MALLOC", "MALLOC_*")
+    return testing.run_json_script(_JAX_PAGE_FAULTS, env=env, drop=drop)
 
 
 def test_jax_trainers_keep_host_memory_between_steps():
@@ -149,7 +119,7 @@ def test_jax_trainers_keep_host_memory_between_steps():
     import platform
 
     if platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc's allocator settings; this C library is not glibc")
+        pytest.skip("measures glibc's allocator settings; this C library is not glibc")
     default = _jax_page_faults(BRT_DEFAULT_MALLOC="1")
     kept = _jax_page_faults()
     from trainers import backend
@@ -166,9 +136,9 @@ def test_host_malloc_tunables_only_where_jax_is_cpu_alone():
 
     from trainers import backend
 
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc's allocator settings; this C library is not glibc")
-
+    if platform.libc_ver()[0] != "glibc":  # the settings are glibc's: none elsewhere
+        assert not backend.host_malloc_tunables({}, accelerator_installed=False)
+        return
     env = {}
     assert backend.host_malloc_tunables(env, accelerator_installed=False)
     assert env["GLIBC_TUNABLES"] == backend.HOST_MALLOC_TUNABLES

@@ -76,6 +76,29 @@ def run_module(module, args, backend="tensorflow", env=None, timeout=600, check=
     return proc
 
 
+def run_json_script(code, backend="jax", env=None, drop=()):
+    """Runs ``python -c code`` in a fresh process of ``backend`` (on JAX: the
+    CPU client) and returns the JSON object its last stdout line prints.
+    ``drop``: environment variables (or prefixes ending in ``*``) removed."""
+    full = env_for(backend, {"TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"})
+    for name in drop:
+        for key in [
+            k
+            for k in full
+            if k == name or (name.endswith("*") and k.startswith(name[:-1]))
+        ]:
+            del full[key]
+    full.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=full, capture_output=True, text=True
+    )
+    if proc.returncode:
+        raise AssertionError(
+            f"script failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
+        )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def read_history(model_dir):
     with open(os.path.join(model_dir, "history.jsonl")) as f:
         return [json.loads(line) for line in f]
