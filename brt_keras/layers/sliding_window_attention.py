@@ -270,12 +270,13 @@ class SlidingWindowAttention(keras.layers.Layer):
         """One decoding step against a window ring of W + 1 slots.
 
         Args:
-            query: `[B, 1, H, Dh]`, the token just written at `slot`.
-            keys, values: `[B, H, W + 1, Dh]` (head-major): the token at
-                `slot` and, in the slots before it (cyclically), the W
-                tokens before it. A token never attends to itself (the
-                reference's mask excludes the diagonal), so the slot it was
-                written to is masked; the other W are exactly its window.
+            query: `[B, 1, H, Dh]`, the token that goes to `slot`.
+            keys, values: `[B, H, W + 1, Dh]` (head-major): in the slots
+                before `slot` (cyclically), the W tokens before it. Slot
+                `slot` is masked: it holds the token itself or the one W + 1
+                back, and a token never attends to itself (the reference's
+                mask excludes the diagonal), so the ring may be read before
+                or after the token is written.
             slot: scalar int32 tensor.
         """
         w = self.block_size

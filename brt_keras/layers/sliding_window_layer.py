@@ -345,24 +345,36 @@ class SlidingWindowLayer(keras.layers.Layer):
             slot = cache["half"][0] * w + ops.convert_to_tensor(index, "int32")
         else:
             slot = cache["slot"][0]
-        # Write first, then read: nothing needs the ring as it was before the
-        # write, so XLA can update it in place.
+        # Attend to the ring as it was, then write it. The slot written now is
+        # masked either way (a token never sees itself; the slot held the
+        # token W + 1 back, or one from the block before last), so the result
+        # is the same. Reading the written ring made XLA compute the write
+        # twice (for the attention and for the loop carry) and copy the whole
+        # ring three times per token (batch 1: 19.4 -> 12.6 ms per token).
+        if "half" in cache:
+            self_out = self.self_attention.attend_row(
+                q, cache["keys"], cache["values"], index, cache["half"][0]
+            )
+        else:
+            self_out = self.self_attention.attend_ring(
+                q, cache["keys"], cache["values"], slot
+            )
         start = (0, 0, slot, 0)
+        # `+ 0 * self_out` (exact) makes the write depend on the attention,
+        # so XLA orders every read of the ring before it and writes in place;
+        # without it XLA copies the rings each token (batch 32: 2.3x slower).
+        after_reads = ops.multiply(self_out, 0.0)
+        k = k + after_reads
+        v = v + after_reads
         keys = ops.slice_update(
             cache["keys"], start, ops.cast(ops.swapaxes(k, 1, 2), "float32")
         )
         values = ops.slice_update(
             cache["values"], start, ops.cast(ops.swapaxes(v, 1, 2), "float32")
         )
-        if "half" in cache:
-            self_out = self.self_attention.attend_row(
-                q, keys, values, index, cache["half"][0]
-            )
-            new_cache = dict(cache, keys=keys, values=values)
-        else:
-            self_out = self.self_attention.attend_ring(q, keys, values, slot)
-            next_slot = ops.mod(cache["slot"] + 1, w + 1)
-            new_cache = dict(cache, keys=keys, values=values, slot=next_slot)
+        new_cache = dict(cache, keys=keys, values=values)
+        if "slot" in cache:
+            new_cache["slot"] = ops.mod(cache["slot"] + 1, w + 1)
         cross_out = self.cross_attend(q2, state_kv) if state_kv is not None else None
         y = self.finish(x, self_out, cross_out)
         return y, new_cache
