@@ -17,7 +17,10 @@ call, so every step copies it). Precisions, through Keras' own API:
   weights, per-token int8 activations).
 
 Targets (issue 12): int8 batch 1 <= 0.35x the float32 time, bfloat16 <=
-0.6x; batch 32 >= 20x the tokens/s of batch 1 (float32). Pin it to a core:
+0.6x; batch 32 >= 20x the tokens/s of batch 1 (float32). For float32 it
+also measures each batch's floor (`decode_floor`: the model's weight
+matmuls at that batch plus one read of its decode cache), which bounds the
+batch-32 / batch-1 ratio this machine can reach. Pin it to a core:
 
     taskset -c 1 python -m benchmarks.decoding [--quick] [--batches 1,8,32]
 """
@@ -63,6 +66,53 @@ def weight_bytes(lm):
     return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in lm.weights)
 
 
+def decode_floor(lm, batch, repeats=5):
+    """Lower bounds on one float32 decode step at `batch`, measured here in
+    the same process: every weight matrix of the model applied to a
+    `[batch, n]` input (the matmuls alone: weight traffic + FLOPs), and one
+    read of every decode-cache tensor at `batch` (a reduction over the
+    rings, states and buffers; each decode step attends to all of them).
+    Returns `(weights_ms, cache_ms, cache_bytes)`."""
+    import keras
+    from keras import ops
+
+    from benchmarks.quant_matvec import compile_fn
+
+    mats = []
+    for v in lm.weights:
+        shape = tuple(int(d) for d in v.shape)
+        if len(shape) < 2 or int(np.prod(shape)) < 65536:
+            continue  # bias tables, norms, gates: negligible traffic
+        m = keras.ops.convert_to_numpy(v.value).astype("float32")
+        mats.append(m.reshape(shape[0], -1))
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((batch, m.shape[0])).astype("float32") for m in mats]
+    weights = [ops.convert_to_tensor(m) for m in mats]
+    inputs = [ops.convert_to_tensor(x) for x in xs]
+
+    @compile_fn
+    def matmuls(inputs, weights):
+        return [ops.sum(ops.matmul(x, w)) for x, w in zip(inputs, weights)]
+
+    cache = lm.decode_cache(lm.get_initial_state(batch))
+    leaves = [
+        ops.convert_to_tensor(rng.standard_normal(tuple(leaf.shape)).astype("float32"))
+        for leaf in keras.tree.flatten(cache)
+        if len(leaf.shape) >= 2
+    ]
+    cache_bytes = sum(int(np.prod(leaf.shape)) * 4 for leaf in leaves)
+
+    @compile_fn
+    def read(leaves):
+        return [ops.sum(leaf) for leaf in leaves]
+
+    def best(fn, *args):
+        common.block_until_ready(fn(*args))  # compile
+        return 1e3 * min(common.timed(fn, *args)[0] for _ in range(repeats))
+
+    return best(matmuls, inputs, weights), best(read, leaves), cache_bytes
+
+
 def main(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--size", default="small_37m")
@@ -76,6 +126,12 @@ def main(argv=None):
         "--step-calls",
         action="store_true",
         help="time one compiled decode_step call per token instead of lm.generate",
+    )
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip the float32 floor (weight matmuls + one read of the cache)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -111,6 +167,18 @@ def main(argv=None):
                 "new_tokens": args.new_tokens,
                 "context": context,
             }
+            if args.floor and precision == "float32":
+                weights_ms, cache_ms, cache_bytes = decode_floor(lm, batch)
+                r.update(
+                    floor_weights_ms=weights_ms,
+                    floor_cache_ms=cache_ms,
+                    floor_ms=weights_ms + cache_ms,
+                    cache_mib=cache_bytes / 2**20,
+                )
+                common.log(
+                    f"  batch {batch} floor: weight matmuls {weights_ms:.2f} ms + "
+                    f"cache read {cache_ms:.2f} ms ({cache_bytes / 2**20:.0f} MiB)"
+                )
             results.append(r)
             common.log(
                 f"  batch {batch}: {step_ms:.2f} ms/step, "
@@ -129,6 +197,7 @@ def main(argv=None):
                 r["ms_per_token"],
                 r["tokens_per_s"],
                 r["time_vs_float32"],
+                r.get("floor_ms", float("nan")),
             ]
         )
     notes = []
@@ -159,6 +228,19 @@ def main(argv=None):
                 many["tokens_per_s"] / one["tokens_per_s"],
                 20,
                 lower_is_better=False,
+            )
+    floors = [r for r in results if "floor_ms" in r]
+    if floors and 1 in base and "floor_ms" in base[1]:
+        one = base[1]
+        for r in floors:
+            b = r["batch"]
+            notes.append(
+                f"float32 batch {b} floor: weight matmuls {r['floor_weights_ms']:.1f}"
+                f" ms + one read of the {r['cache_mib']:.0f} MiB cache "
+                f"{r['floor_cache_ms']:.1f} ms = {r['floor_ms']:.1f} ms/step "
+                f"(measured {r['step_ms']:.1f}); best possible batch {b} / batch 1 "
+                f"tokens/s at the measured batch-1 speed: "
+                f"{b * one['step_ms'] / r['floor_ms']:.1f}x"
             )
     notes.append(
         f"{args.preset} {args.size}, prompt {results[0]['context'] if results else '?'}"
@@ -205,6 +287,7 @@ def main(argv=None):
             "ms/token",
             "tokens/s",
             "time vs float32",
+            "floor ms",
         ],
         rows,
         {"results": results, "plot": png, "size": args.size, "preset": args.preset},
