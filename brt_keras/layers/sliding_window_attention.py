@@ -296,8 +296,10 @@ class SlidingWindowAttention(keras.layers.Layer):
             query: `[B, 1, H, Dh]`, the token at position `index` (int or
                 scalar tensor) of the current block.
             keys, values: the decode ring `[B, H, 2W, Dh]` (head-major): the
-                current block's buffer in half `half` (slots after `index`
-                are masked), the previous block in the other half.
+                current block's buffer in half `half`, the previous block in
+                the other half. Slots `index` and after in the current half
+                are masked: the caller writes this token's key/value into
+                slot `index` after the call (a token never sees itself).
             half: scalar int, 0 or 1.
         """
         w = self.block_size
