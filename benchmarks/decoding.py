@@ -80,7 +80,8 @@ def decode_floor(lm, batch, repeats=5):
 
     from benchmarks.quant_matvec import compile_fn
 
-    mats, embedding = [], lm.backbone.token_embedding.embeddings
+    mats, transposed = [], []
+    embedding = lm.backbone.token_embedding.embeddings
     for v in lm.weights:
         shape = tuple(int(d) for d in v.shape)
         per_block = "/state_" in v.path or v.path.endswith("initial_state")
@@ -89,16 +90,24 @@ def decode_floor(lm, batch, repeats=5):
             # state's projections run once per block, not per token.
             continue
         m = keras.ops.convert_to_numpy(v.value).astype("float32")
-        # The tied readout reads the embedding table as `x @ E^T`.
-        mats.append(m.T if v is embedding else m.reshape(shape[0], -1))
+        # The tied readout reads the `[V, d]` table as `x @ E^T`, as the
+        # model does (`tied_readout`: a dot contracting E's second axis).
+        mats.append(m if v is embedding else m.reshape(shape[0], -1))
+        transposed.append(v is embedding)
     rng = np.random.default_rng(0)
-    xs = [rng.standard_normal((batch, m.shape[0])).astype("float32") for m in mats]
+    xs = [
+        rng.standard_normal((batch, m.shape[1] if t else m.shape[0]))
+        for m, t in zip(mats, transposed)
+    ]
     weights = [ops.convert_to_tensor(m) for m in mats]
-    inputs = [ops.convert_to_tensor(x) for x in xs]
+    inputs = [ops.convert_to_tensor(x.astype("float32")) for x in xs]
 
     @compile_fn
     def matmuls(inputs, weights):
-        return [ops.sum(ops.matmul(x, w)) for x, w in zip(inputs, weights)]
+        return [
+            ops.sum(ops.matmul(x, ops.transpose(w) if t else w))
+            for x, w, t in zip(inputs, weights, transposed)
+        ]
 
     cache = lm.decode_cache(lm.get_initial_state(batch))
     leaves = [
