@@ -153,7 +153,8 @@ def attend_cached(query, cached, temperature, tile):
         cached: list of `(keys, values)`, each `[B, H, K_i, Dh]` float32.
         temperature: `[H]`.
         tile: additive float32 `[H, 1, sum K_i]`: `bias * temperature` where
-            a key may be attended, `-1e6` where not (as `attend` builds it).
+            a key may be attended, `-1e6` where not (as `attend` builds it);
+            None for no bias and no mask (cross-attention to the state).
 
     Returns:
         `[B, 1, H, Dh]` in the query's dtype.
@@ -164,7 +165,7 @@ def attend_cached(query, cached, temperature, tile):
     logits = ops.concatenate(
         [ops.einsum("bhqd,bhkd->bhqk", q, k) for k, _ in cached], axis=-1
     )
-    weights, denominator = safe_softmax_parts(logits + tile)
+    weights, denominator = safe_softmax_parts(logits if tile is None else logits + tile)
     out, start = None, 0
     for _, v in cached:
         size = ops.shape(v)[2]

@@ -129,6 +129,22 @@ class BlockRecurrentLayer(keras.layers.Layer):
         """Keys/values of `state["recurrent_state"]` for cross-attention."""
         return self.cell.state_kv(state["recurrent_state"])
 
+    def decode_state_kv(self, recurrent_state):
+        """`state_kv` as the decode cache keeps it: head-major and flat,
+        `[B, H * S * Dh]` float32, so each decoding step reads it in place.
+
+        Flat, because XLA picks the physical layout of a 4-D loop carry
+        itself: given `[B, H, S, Dh]` it kept the tensor token-major (which
+        makes the once-per-block transpose free) and converted it on every
+        token. A reshape of the transposed tensor fixes the order in
+        memory."""
+        rk, rv = self.cell.state_kv(recurrent_state)
+        batch = ops.shape(rk)[0]
+        return tuple(
+            ops.reshape(ops.swapaxes(ops.cast(t, "float32"), 1, 2), (batch, -1))
+            for t in (rk, rv)
+        )
+
     def reset(self, state, start_of_sequence):
         """Per-slot reset to the learned initial state and zero caches."""
         if start_of_sequence is None:
@@ -248,7 +264,7 @@ class BlockRecurrentLayer(keras.layers.Layer):
         state = self.cell.update_state(
             cache["recurrent_state"], block_keys, block_values
         )
-        rk, rv = self.cell.state_kv(state)
+        rk, rv = self.decode_state_kv(state)
         return {"recurrent_state": state, "state_keys": rk, "state_values": rv}
 
     def end_block(self, cache):

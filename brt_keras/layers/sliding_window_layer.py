@@ -5,6 +5,7 @@ from keras import ops
 
 from brt_keras.layers.attention_ops import add_temperature
 from brt_keras.layers.attention_ops import attend
+from brt_keras.layers.attention_ops import attend_cached
 from brt_keras.layers.attention_ops import l2_normalize
 from brt_keras.layers.attention_ops import merge_heads
 from brt_keras.layers.attention_ops import temperature_value
@@ -195,6 +196,25 @@ class SlidingWindowLayer(keras.layers.Layer):
             ),
         )
 
+    def cross_attend_cached(self, queries2, state_kv):
+        """`cross_attend` for one decoding step, reading the decode cache's
+        head-major state keys/values (flat `[B, H * S * Dh]`,
+        `BlockRecurrentLayer.decode_state_kv`) where they lie; the
+        token-major form made XLA transpose both every token (at batch 32
+        two 32 MiB copies per step for `small_37m`)."""
+        batch = ops.shape(queries2)[0]
+        shape = (batch, self.num_heads, -1, self.head_dim)
+        return attend_cached(
+            queries2,
+            [tuple(ops.reshape(t, shape) for t in state_kv)],
+            temperature_value(
+                self.temperature2,
+                self.temperature_parameterization,
+                self.temperature_lr_multiplier,
+            ),
+            None,
+        )
+
     def finish(self, x, self_out, cross_out=None, training=None, seed=None):
         """Head concat, output projection, residual, FFN, residual. `seed`: the
         FFN dropout's, if drawn already."""
@@ -334,7 +354,9 @@ class SlidingWindowLayer(keras.layers.Layer):
         """Processes one token `x [B, 1, d]` at position `index` of its block.
 
         `cache` is a `decode_cache` ring (a window ring keeps its own
-        `slot`; `index` places the token in a 2W ring). Returns
+        `slot`; `index` places the token in a 2W ring); `state_kv` the
+        recurrent state's keys/values head-major, flat `[B, H * S * Dh]`
+        float32 (as the decode cache holds them), or None. Returns
         `(y [B, 1, d], new_cache)`; the cost does not depend on how many
         tokens came before.
         """
@@ -375,7 +397,9 @@ class SlidingWindowLayer(keras.layers.Layer):
         new_cache = dict(cache, keys=keys, values=values)
         if "slot" in cache:
             new_cache["slot"] = ops.mod(cache["slot"] + 1, w + 1)
-        cross_out = self.cross_attend(q2, state_kv) if state_kv is not None else None
+        cross_out = None
+        if state_kv is not None:
+            cross_out = self.cross_attend_cached(q2, state_kv)
         y = self.finish(x, self_out, cross_out)
         return y, new_cache
 

@@ -255,7 +255,8 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
         (`SlidingWindowLayer.decode_cache`): a key/value ring of the last
         W + 1 tokens per sliding-window layer; for a recurrent layer a ring
         of the previous and the current block (its state update reads both),
-        the recurrent state and its keys/values."""
+        the recurrent state and its keys/values (head-major, flat
+        `[B, H * S * Dh]`, read in place by every step)."""
         cache = {}
         for i, layer in enumerate(self.backbone.transformer_layers):
             s = state[f"layer_{i}"]
@@ -266,7 +267,8 @@ class BlockRecurrentCausalLM(keras_hub.models.CausalLM):
             )
             if "recurrent_state" in s:
                 c["recurrent_state"] = s["recurrent_state"]
-                c["state_keys"], c["state_values"] = layer.state_kv(s)
+                keys, values = layer.decode_state_kv(s["recurrent_state"])
+                c["state_keys"], c["state_values"] = keys, values
             cache[f"layer_{i}"] = c
         return cache
 
