@@ -70,19 +70,14 @@ for batch in (1, 4):
     copies = re.findall(r"= f32(\\[[0-9,]+\\])\\S* copy\\(%get-tuple-element", text)
     # The recurrent state's keys/values `[B, S, H, Dh]`, either axis order.
     layer = lm.backbone.transformer_layers[lm.backbone.recurrent_indices[0]]
-    tokens = layer.cell.token_layer
-    s = lm.get_initial_state(batch)[
-        f"layer_{lm.backbone.recurrent_indices[0]}"]["recurrent_state"].shape[1]
-    h, dh = tokens.num_heads, tokens.head_dim
+    s, h, dh = layer.num_states, layer.num_heads, layer.head_dim
     state_shapes = {f"[{batch},{s},{h},{dh}]", f"[{batch},{h},{s},{dh}]"}
     # Transposes of them outside the block-end branch run every token.
-    per_token = [
-        line.strip()[:160]
-        for line in text.splitlines()
-        if re.search(r"= f32(\\[[0-9,]+\\])\\S* transpose\\(", line)
-        and re.search(r"= f32(\\[[0-9,]+\\])", line).group(1) in state_shapes
-        and "cond" not in line
-    ]
+    per_token = []
+    for line in text.splitlines():
+        m = re.search(r"= f32(\\[[0-9,]+\\])\\S* transpose\\(", line)
+        if m and m.group(1) in state_shapes and "cond" not in line:
+            per_token.append(line.strip()[:160])
     found[batch] = {
         "ring_copies": [shape for shape in copies if shape in rings],
         "rings": sorted(rings),
